@@ -2,15 +2,25 @@
 
 Both runs use the same agent loop, model, tools, prompts and greedy decoding on the same tool
 world questions; the only difference is how many trajectories are generated together
-(``max_active``). Prints model tokens/s for each and the ratio (goal: >= 4x at 16 trajectories).
+(``max_active``). Prints model tokens/s for each and the ratio (goal: >= 4x at 16 trajectories),
+and checks that both runs wrote the same tokens.
 
-    .venv/bin/python benchmarks/bench_rollout.py --trajectories 16
+Each timed run starts with an empty prefix store, as the first rollout after a weight update
+does, so both do the same prefill work (the shared system prompt once, then each trajectory's
+own tokens and tool results). Previously the store kept what a 16-trajectory warm-up run had
+computed: the sequential run then found every prompt already cached and prefilled nothing, while
+the batched run after it was partly cold, depending on what the store had evicted in between.
+``--keep-cache`` measures that way again (each run starting from the store the runs before it
+left), which shows decoding alone when the store is large enough to hold everything.
+
+    .venv/bin/python benchmarks/bench_rollout.py --trajectories 16 [--repeat 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -24,6 +34,8 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=96, help="per generate call")
     ap.add_argument("--max-response-tokens", type=int, default=384)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each kind, alternating; medians reported")
+    ap.add_argument("--keep-cache", action="store_true", help="do not empty the prefix store before each run")
     args = ap.parse_args()
 
     from etagent.backends.config import BackendConfig, HFConfig, build_generator
@@ -37,28 +49,79 @@ def main() -> None:
     tools = build_tools(tools_cfg)
     few_shot = expert_few_shot(args.few_shot, tools_cfg)
     generator = build_generator(
-        BackendConfig(kind="hf", model=args.model, hf=HFConfig(batch_size=args.trajectories, threads=args.threads))
-    )
-    budget = BudgetConfig(max_new_tokens_per_call=args.max_new_tokens, max_response_tokens=args.max_response_tokens)
-
-    def run(max_active: int) -> tuple[float, int, int]:
-        loop = AgentLoop(
-            generator, tools, budget=budget, sampling=SamplingConfig(temperature=0.0), few_shot=few_shot, max_active=max_active
+        BackendConfig(
+            kind="hf", model=args.model, hf=HFConfig(batch_size=args.trajectories, threads=args.threads)
         )
-        t0 = time.perf_counter()
-        trajs = loop.run(questions, n=1)
-        dt = time.perf_counter() - t0
-        loop.close()
-        return dt, sum(t.num_model_tokens for t in trajs), sum(len(t.tool_calls) for t in trajs)
+    )
+    budget = BudgetConfig(
+        max_new_tokens_per_call=args.max_new_tokens, max_response_tokens=args.max_response_tokens
+    )
+    store = getattr(generator, "prefix_store", None)
 
-    run(args.trajectories)  # warm-up: first-call allocations, tool workers, caches
-    seq_s, seq_tok, seq_calls = run(1)
-    bat_s, bat_tok, bat_calls = run(args.trajectories)
-    seq_rate, bat_rate = seq_tok / seq_s, bat_tok / bat_s
-    print(f"trajectories: {len(questions)}  model: {args.model}  threads: {args.threads or 'all'}")
-    print(f"sequential (1 at a time): {seq_tok} model tokens, {seq_calls} tool calls, {seq_s:.1f} s, {seq_rate:.1f} tok/s")
-    print(f"batched ({args.trajectories} together): {bat_tok} model tokens, {bat_calls} tool calls, {bat_s:.1f} s, {bat_rate:.1f} tok/s")
-    print(f"ratio batched/sequential tokens/s: {bat_rate / seq_rate:.2f}x (goal >= 4x)")
+    def run(max_active: int, qs: list = questions) -> dict:
+        loop = AgentLoop(
+            generator,
+            tools,
+            budget=budget,
+            sampling=SamplingConfig(temperature=0.0),
+            few_shot=few_shot,
+            max_active=max_active,
+        )
+        if not args.keep_cache:
+            generator.clear_prefix_cache()
+        hits0 = store.hits if store is not None else 0
+        prompt_tokens = 0
+        generate = generator.generate
+
+        def counting(prompts, params):  # prompt tokens sent, to show how much came from the store
+            nonlocal prompt_tokens
+            prompt_tokens += sum(len(p) for p in prompts)
+            return generate(prompts, params)
+
+        generator.generate = counting
+        t0 = time.perf_counter()
+        try:
+            trajs = loop.run(qs, n=1)
+        finally:
+            dt = time.perf_counter() - t0
+            del generator.generate
+            loop.close()
+        return {
+            "s": dt,
+            "tokens": sum(t.num_model_tokens for t in trajs),
+            "calls": sum(len(t.tool_calls) for t in trajs),
+            "prompt": prompt_tokens,
+            "cached": (store.hits - hits0) if store is not None else 0,
+            "ids": [t.response_ids for t in trajs],
+        }
+
+    # warm-up: first-call allocations, thread pools, tool workers (and, with --keep-cache, the store)
+    run(args.trajectories, questions if args.keep_cache else questions[:2])
+    runs: dict[str, list[dict]] = {"sequential": [], "batched": []}
+    for _ in range(args.repeat):
+        runs["sequential"].append(run(1))
+        runs["batched"].append(run(args.trajectories))
+    print(
+        f"trajectories: {len(questions)}  model: {args.model}  threads: {args.threads or 'all'}  "
+        f"prefix store: {'kept between runs' if args.keep_cache else 'emptied before each run'}"
+    )
+    rates = {}
+    for name, rs in runs.items():
+        r = rs[0]
+        secs = statistics.median(x["s"] for x in rs)
+        rates[name] = r["tokens"] / secs
+        label = (
+            "sequential (1 at a time)" if name == "sequential" else f"batched ({args.trajectories} together)"
+        )
+        times = ", ".join(f"{x['s']:.1f}" for x in rs)
+        each = f" (median of {times})" if len(rs) > 1 else ""
+        print(
+            f"{label}: {r['tokens']} model tokens, {r['calls']} tool calls, {secs:.1f} s{each}, "
+            f"{rates[name]:.1f} tok/s; prompt tokens {r['prompt']}, {r['cached']} of them from the prefix store"
+        )
+    same = all(a["ids"] == b["ids"] for a, b in zip(runs["sequential"], runs["batched"], strict=True))
+    print(f"same tokens in both runs: {'yes' if same else 'NO'}")
+    print(f"ratio batched/sequential tokens/s: {rates['batched'] / rates['sequential']:.2f}x (goal >= 4x)")
     for tool in tools.values():
         tool.close()
 

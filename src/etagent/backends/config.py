@@ -23,6 +23,12 @@ class HFConfig(ConfigModel):
     threads: int = Field(
         0, ge=0, description="torch CPU threads; 0 = all cores. Use 1 when sharing cores with a trainer"
     )
+    prefix_cache_bytes: int | None = Field(
+        None,
+        ge=0,
+        description="keys/values kept for reuse by later prompts (agent turns, shared system prompts); "
+        "None = 1/8 of the device's free memory, 0 = off",
+    )
 
 
 class OpenAIConfig(ConfigModel):
