@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 cmd="${1:-}"; shift || true
+[ "$cmd" = test ] && export ETAGENT_WITH_BROWSER=1
 bash scripts/bootstrap.sh
 case "$cmd" in
   demo) exec .venv/bin/etagent demo "$@" ;;

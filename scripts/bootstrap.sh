@@ -6,17 +6,21 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 STAMP=.venv/.etagent-installed
+# apt_install CMD PACKAGE WHY: install a Debian package when CMD is missing (root only), else warn
+apt_install() {
+  command -v "$1" >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing $2 ($3)" >&2
+    apt-get install -y -q "$2" >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q "$2" >/dev/null; }
+  else
+    echo "warning: $1 is missing; install it (apt-get install $2) for $3" >&2
+  fi
+}
+apt_install bwrap bubblewrap "the Python tool's sandbox, docs/sandbox.md"
+# the tests open the HTML report in headless Chromium; the demo does not need it
+[ "${ETAGENT_WITH_BROWSER:-0}" = 1 ] && apt_install chromium chromium "the HTML report's browser tests"
 if [ -f "$STAMP" ] && [ "$STAMP" -nt pyproject.toml ] && [ "$STAMP" -nt scripts/bootstrap.sh ]; then
   exit 0
-fi
-if ! command -v bwrap >/dev/null 2>&1; then
-  # the Python tool's sandbox (docs/sandbox.md)
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing bubblewrap (sandbox for model-written Python)" >&2
-    apt-get install -y -q bubblewrap >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q bubblewrap >/dev/null; }
-  else
-    echo "warning: bubblewrap (bwrap) is missing; install it (apt-get install bubblewrap) for the Python tool's sandbox" >&2
-  fi
 fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q -U pip
