@@ -51,3 +51,104 @@ def test_summary_counts_redundant_and_insufficient_calls():
     assert s["correct_at_min_tool_calls"] == 0.5
     assert s["mean_tool_calls"] == 1.5
     assert summarize([]) == {"trajectories": 0}
+
+
+# ------------------------------------------------------------------------------------------------
+# normalisations and maths
+
+from etagent.scoring.correctness import (  # noqa: E402
+    answer_equal,
+    is_equiv,
+    math_equal,
+    math_verify_equal,
+    qa_score,
+    strip_string,
+)
+
+
+def test_compact_normalisation_reproduces_the_reference_reward_quirk():
+    # METHOD 6.4: "New York City" vs "new york" -> 0; "the Big Apple, NY" vs "Big Apple NY" -> 1
+    assert exact_match("New York City", ["new york"], "compact") == 0.0
+    assert exact_match("the Big Apple, NY", ["Big Apple NY"], "compact") == 1.0
+    # spaces vanish, so the token F1 collapses to exact match
+    assert token_f1("New York City", ["new york"], "compact") == 0.0
+    assert exact_match("NewYork", ["New York"], "compact") == 1.0
+    assert exact_match("NewYork", ["New York"], "squad") == 0.0
+
+
+def test_reference_normalisation_keeps_punctuation_in_f1():
+    assert token_f1("Paris, France", ["Paris France"], "reference") == 0.5
+    assert token_f1("Paris, France", ["Paris France"], "squad") == 1.0
+    assert qa_score("Paris, France", ["Paris France"], "exact_match", "squad") == 1.0
+    with pytest.raises(ValueError, match="unknown QA metric"):
+        qa_score("a", ["a"], "accuracy")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("raw", "normalised"),
+    [
+        ("\\dfrac{1}{2}", "\\frac{1}{2}"),
+        ("0.5", "\\frac{1}{2}"),
+        ("\\frac12", "\\frac{1}{2}"),
+        ("\\frac1{72}", "\\frac{1}{72}"),
+        ("3/4", "\\frac{3}{4}"),
+        ("x = 5", "5"),
+        ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\frac{\\pi}{2})"),
+        ("90^\\circ", "90"),
+        ("\\sqrt3", "\\sqrt{3}"),
+        ("50\\%", "50"),
+        (".5 + x", "0.5+x"),
+        ("10 \\text{ cm}", "10"),
+        ("\\frac", "\\frac"),  # malformed input is returned, not raised
+        ("", ""),
+    ],
+)
+def test_strip_string_follows_the_math_normalisation(raw, normalised):
+    assert strip_string(raw) == normalised
+
+
+def test_is_equiv():
+    assert is_equiv("\\dfrac{14}{3}", "\\frac{14}{3}")
+    assert not is_equiv("\\frac{14}{3}", "4.67")
+    assert is_equiv(None, None) and not is_equiv("1", None)
+
+
+@pytest.mark.parametrize(
+    ("prediction", "gold", "equal"),
+    [
+        ("0.5", "\\frac{1}{2}", True),
+        ("(3, \\pi/2)", "\\left( 3, \\frac{\\pi}{2} \\right)", True),  # only math-verify sees this
+        ("\\frac{\\sqrt2}{2}", "\\sqrt{2}/2", True),
+        ("070", "70", True),
+        ("2,125", "2125", True),
+        ("-1.0", "-1", True),
+        ("x=5", "5", True),
+        ("71", "70", False),
+        ("\\frac{1}{3}", "0.34", False),
+        ("", "0", False),
+        ("York New", "New York", False),  # words are not commuting symbols
+        ("\\text{Tuesday}", "Tuesday", True),  # by the string normalisation
+    ],
+)
+def test_math_equal(prediction, gold, equal):
+    assert math_equal(prediction, gold) is equal
+
+
+def test_math_verify_alone_and_gold_lists():
+    assert math_verify_equal("(3, \\pi/2)", "\\left( 3, \\frac{\\pi}{2} \\right)")
+    assert not is_equiv("(3, \\pi/2)", "\\left( 3, \\frac{\\pi}{2} \\right)")
+    assert not math_verify_equal("New York", "York New")
+    assert math_equal("12", ["11", "12"])
+    # a text task never goes through math-verify (letters would be symbols)
+    assert answer_equal("York New", ["New York"], "qa") is False
+    assert answer_equal("new york", ["New York"], "qa") is False  # the MATH normalisation keeps case
+    assert answer_equal("0.5", ["\\frac{1}{2}"], "qa") is True
+    assert answer_equal(" ", ["x"], "math") is False
+
+
+def test_math_equal_works_off_the_main_thread():
+    # math-verify's timeout needs signals (main thread only); elsewhere it must run without one
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        assert list(pool.map(math_verify_equal, ["\\frac{2}{4}", "0.25"], ["1/2", "1/3"])) == [True, False]

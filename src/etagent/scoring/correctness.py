@@ -1,44 +1,62 @@
-"""Answer correctness: exact match and token F1 (METHOD 7.3), pure functions.
+"""Answer correctness, pure functions: exact match and token F1 (METHOD 7.3) for QA, equivalence for math.
 
-Two normalisations:
+QA normalisations (``Normalisation``):
 - ``"reference"`` (METHOD 7.3, the ET-Agent evaluator): lower-case, remove articles, collapse
-  whitespace; punctuation is kept.
-- ``"squad"``: the SQuAD normalisation, which also removes punctuation.
+  whitespace; punctuation is kept. Evaluation F1 uses it (Decisions 3).
+- ``"squad"``: the SQuAD normalisation, which also removes punctuation. The RL reward's real token F1
+  uses it (the reference reward normalises this way before its space-deleting quirk).
+- ``"compact"``: SQuAD, then every space deleted: the reference RL reward's "F1" (METHOD 6.4), which
+  makes each side one token, i.e. normalised exact match. Only to reproduce that quirk.
+
+Math (``math_equal``): a real verifier, ``math-verify`` (sympy), OR the Hendrycks MATH string
+normalisation (``strip_string``/``is_equiv``, the reference's check) as the fallback. Either one
+saying "equal" is enough. Word answers ("Tuesday", "\\text{east}") skip math-verify: it parses
+letters as commuting symbols, so "New York" would equal "York New".
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import re
 import string
+import threading
 from collections import Counter
 from typing import Literal
 
-Normalisation = Literal["reference", "squad"]
+Normalisation = Literal["reference", "squad", "compact"]
+QAMetric = Literal["f1", "exact_match"]
+
+log = logging.getLogger(__name__)
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = set(string.punctuation)
 
 
+def as_gold_list(golds: str | list[str]) -> list[str]:
+    return [golds] if isinstance(golds, str) else list(golds)
+
+
 def normalize_answer(text: str, mode: Normalisation = "squad") -> str:
     text = text.lower().strip()
-    if mode == "squad":
+    if mode in ("squad", "compact"):
         text = "".join(ch for ch in text if ch not in _PUNCT)
     text = _ARTICLES.sub(" ", text)
+    if mode == "compact":
+        return "".join(text.split())
     return " ".join(text.split())
 
 
 def exact_match(prediction: str, golds: str | list[str], mode: Normalisation = "squad") -> float:
-    golds = [golds] if isinstance(golds, str) else golds
     pred = normalize_answer(prediction, mode)
-    return float(any(pred == normalize_answer(g, mode) for g in golds))
+    return float(any(pred == normalize_answer(g, mode) for g in as_gold_list(golds)))
 
 
 def token_f1(prediction: str, golds: str | list[str], mode: Normalisation = "squad") -> float:
     """Max over gold answers of the multiset token-overlap F1."""
-    golds = [golds] if isinstance(golds, str) else golds
     pred_tokens = normalize_answer(prediction, mode).split()
     best = 0.0
-    for gold in golds:
+    for gold in as_gold_list(golds):
         gold_tokens = normalize_answer(gold, mode).split()
         if not pred_tokens or not gold_tokens:
             best = max(best, float(pred_tokens == gold_tokens))
@@ -49,3 +67,174 @@ def token_f1(prediction: str, golds: str | list[str], mode: Normalisation = "squ
         precision, recall = common / len(pred_tokens), common / len(gold_tokens)
         best = max(best, 2 * precision * recall / (precision + recall))
     return best
+
+
+def qa_score(
+    prediction: str, golds: str | list[str], metric: QAMetric = "f1", mode: Normalisation = "reference"
+) -> float:
+    """Token F1 or exact match, in [0, 1]."""
+    if metric == "f1":
+        return token_f1(prediction, golds, mode)
+    if metric == "exact_match":
+        return exact_match(prediction, golds, mode)
+    raise ValueError(f"unknown QA metric {metric!r} (expected 'f1' or 'exact_match')")
+
+
+# --------------------------------------------------------------------------------------------
+# Hendrycks MATH string normalisation (the reference's is_equiv, METHOD 5.2 / 6.4 / 7.2).
+# Same steps as the MATH repository's ``_strip_string``; its asserts are replaced by returning the
+# input unchanged, which is what its callers fell back to on the AssertionError.
+
+
+def _fix_fracs(s: str) -> str:
+    """``\\frac12`` -> ``\\frac{1}{2}``, ``\\frac1{2}`` -> ``\\frac{1}{2}``."""
+    parts = s.split("\\frac")
+    out = parts[0]
+    for part in parts[1:]:
+        out += "\\frac"
+        if part.startswith("{"):
+            out += part
+            continue
+        if len(part) < 2:
+            return s
+        a, b, rest = part[0], part[1], part[2:]
+        out += "{" + a + "}" + (b + rest if b == "{" else "{" + b + "}" + rest)
+    return out
+
+
+def _fix_a_slash_b(s: str) -> str:
+    """``3/4`` (integers only) -> ``\\frac{3}{4}``."""
+    parts = s.split("/")
+    if len(parts) != 2:
+        return s
+    try:
+        a, b = int(parts[0]), int(parts[1])
+    except ValueError:
+        return s
+    if s != f"{a}/{b}":
+        return s
+    return f"\\frac{{{a}}}{{{b}}}"
+
+
+def _remove_right_units(s: str) -> str:
+    # "\text{ " only ever introduces units in MATH answers
+    parts = s.split("\\text{ ")
+    return parts[0] if len(parts) == 2 else s
+
+
+def _fix_sqrt(s: str) -> str:
+    """``\\sqrt3`` -> ``\\sqrt{3}``."""
+    parts = s.split("\\sqrt")
+    out = parts[0]
+    for part in parts[1:]:
+        if part and part[0] != "{":
+            out += "\\sqrt{" + part[0] + "}" + part[1:]
+        else:
+            out += "\\sqrt" + part
+    return out
+
+
+def strip_string(s: str) -> str:
+    """The MATH answer normalisation (Hendrycks et al. 2021)."""
+    s = s.replace("\n", "").replace("\\!", "").replace("\\\\", "\\")
+    s = s.replace("tfrac", "frac").replace("dfrac", "frac")
+    s = s.replace("\\left", "").replace("\\right", "")
+    s = s.replace("^{\\circ}", "").replace("^\\circ", "")
+    s = s.replace("\\$", "")
+    s = _remove_right_units(s)
+    s = s.replace("\\%", "")
+    # " .5" -> " 0.5", "{.5" -> "{0.5", ".5" -> "0.5"
+    s = s.replace(" .", " 0.").replace("{.", "{0.")
+    if not s:
+        return s
+    if s[0] == ".":
+        s = "0" + s
+    # "x = 5" / "k=5" -> "5" (a short left-hand side is a variable name)
+    sides = s.split("=")
+    if len(sides) == 2 and len(sides[0]) <= 2:
+        s = sides[1]
+    s = _fix_sqrt(s)
+    s = s.replace(" ", "")
+    s = _fix_fracs(s)
+    if s == "0.5":
+        s = "\\frac{1}{2}"
+    return _fix_a_slash_b(s)
+
+
+def is_equiv(prediction: str | None, gold: str | None) -> bool:
+    """The reference's MATH equivalence: equal after ``strip_string``."""
+    if prediction is None or gold is None:
+        return prediction is None and gold is None
+    try:
+        return strip_string(prediction) == strip_string(gold)
+    except Exception:  # the normalisation is string surgery; never let it fail a whole evaluation
+        return prediction == gold
+
+
+# --------------------------------------------------------------------------------------------
+# math-verify
+
+
+_LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")
+_WORD = re.compile(r"[A-Za-z]{2,}")
+
+
+def _is_word_answer(s: str) -> bool:
+    """True when the answer holds a word (2+ letters outside LaTeX commands): not a formula."""
+    return bool(_WORD.search(_LATEX_COMMAND.sub(" ", s)))
+
+
+@functools.lru_cache(maxsize=65536)
+def _math_verify_equal(prediction: str, gold: str) -> bool:
+    from math_verify import parse, verify
+
+    # math-verify's timeouts use signal.alarm, which only works in the main thread; elsewhere run
+    # without one (parsing a boxed answer is fast; the pathological cases are huge expressions)
+    timeout = 5 if threading.current_thread() is threading.main_thread() else None
+    try:
+        # "$...$" makes both sides LaTeX, so a bare "\frac{1}{2}" or "(3, \pi/2)" is parsed as maths
+        gold_parsed = parse(f"${gold}$", parsing_timeout=timeout)
+        pred_parsed = parse(f"${prediction}$", parsing_timeout=timeout)
+        if not gold_parsed or not pred_parsed:
+            return False
+        return bool(verify(gold_parsed, pred_parsed, timeout_seconds=timeout))
+    except Exception as e:  # a verifier crash means "not shown equal", never a failed run
+        log.debug("math-verify failed on %r vs %r: %s", prediction, gold, e)
+        return False
+
+
+def math_verify_equal(prediction: str, gold: str) -> bool:
+    """math-verify's symbolic/numeric equivalence of two answers (LaTeX or plain)."""
+    prediction, gold = prediction.strip(), gold.strip()
+    if not prediction or not gold or _is_word_answer(prediction) or _is_word_answer(gold):
+        return False
+    return _math_verify_equal(prediction, gold)
+
+
+_TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}")
+
+
+def _unwrap_text(s: str) -> str:
+    """``\\text{Tuesday}`` -> ``Tuesday`` (word answers are often boxed in a text macro)."""
+    return _TEXT_WRAPPER.sub(r"\1", s).strip()
+
+
+def math_equal(prediction: str, golds: str | list[str]) -> bool:
+    """Any gold equals the prediction by the MATH normalisation (also with ``\\text{}`` wrappers
+    removed) or by math-verify."""
+    if not prediction.strip():
+        return False
+    for gold in as_gold_list(golds):
+        if is_equiv(prediction, gold) or is_equiv(_unwrap_text(prediction), _unwrap_text(gold)):
+            return True
+        if math_verify_equal(prediction, gold):
+            return True
+    return False
+
+
+def answer_equal(prediction: str, golds: str | list[str], task: str) -> bool:
+    """The rule-based "same answer" check a judge falls back to: ``math_equal`` for maths, the MATH
+    string normalisation otherwise (math-verify would treat words as symbols)."""
+    if task == "math":
+        return math_equal(prediction, golds)
+    return bool(prediction.strip()) and any(is_equiv(prediction, g) for g in as_gold_list(golds))
