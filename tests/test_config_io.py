@@ -26,6 +26,29 @@ def test_yaml_and_overrides(tmp_path):
     assert cfg.data == "toolworld:dev" and cfg.inner.k == 5 and cfg.inner.names == ["a", "b"]
 
 
+class WithList(ConfigModel):
+    items: list[Inner] = Field(default_factory=list)
+
+
+def test_overrides_index_into_lists(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("items:\n  - k: 1\n  - k: 2\n")
+    cfg = load_config(WithList, f, ["items.1.k=7", "items.0.names=[x]"])
+    assert [i.k for i in cfg.items] == [1, 7] and cfg.items[0].names == ["x"]
+    with pytest.raises(ConfigError, match="has 2 items, no index '5'"):
+        load_config(WithList, f, ["items.5.k=1"])
+
+
+def test_artifacts_are_readable_by_others_as_the_umask_allows(tmp_path):
+    path = tmp_path / "metrics.json"
+    atomic_write_text(path, "{}")
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_config_errors_name_file_and_field(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("inner:\n  kk: 3\n")

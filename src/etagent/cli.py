@@ -253,6 +253,125 @@ def demo(
     console.print(f"run directory: {run_dir}")
 
 
+# -- evaluation: eval, score, report -------------------------------------------------------------
+
+#: (label, key in a data set's metrics, key in "overall" or None, display kind)
+_EVAL_ROWS = (
+    ("correctness P", "correctness", "P", "pct"),
+    ("Effi", "effi", "Effi", "pct"),
+    ("conciseness", "conciseness", "conciseness", "pct"),
+    ("no redundant call", "conciseness_exact", None, "pct"),
+    ("successful execution", "success_exec_weighted", "success_exec", "pct"),
+    ("correct / 1k tokens", "correctness_per_ktoken", "correctness_per_ktoken", "per_k"),
+    ("exact match", "exact_match", None, "pct"),
+    ("format valid", "format_valid", None, "pct"),
+    ("tool calls / traj", "mean_tool_calls", None, "count"),
+    ("at minimal calls", "at_min_tool_calls", None, "pct"),
+    ("model tokens", "reasoning_length", "reasoning_length", "tokens"),
+)
+
+
+def _metrics_table(title: str, metrics: dict[str, Any]) -> Table:
+    """One column per data set plus the overall means (metrics.json), percentages x100."""
+    from etagent.report.format import fmt_value
+
+    datasets = metrics["datasets"]
+    table = Table(title=title)
+    table.add_column("metric")
+    for name in datasets:
+        table.add_column(name, justify="right")
+    table.add_column("overall", justify="right")
+    for label, key, overall_key, kind in _EVAL_ROWS:
+        values = [d.get(key) for d in datasets.values()]
+        overall = metrics["overall"].get(overall_key) if overall_key else None
+        if all(v is None for v in values) and overall is None:
+            continue
+        table.add_row(label, *[fmt_value(v, kind) for v in values], fmt_value(overall, kind))
+    table.add_row("trajectories", *[str(d.get("n", 0)) for d in datasets.values()], "")
+    return table
+
+
+@app.command("eval")
+def eval_(
+    config: ConfigOpt = None,
+    data: Annotated[
+        list[str] | None,
+        typer.Option(help="data set (repeatable; replaces the config's): JSONL file, toolworld:<split>, ..."),
+    ] = None,
+    backend: Annotated[str | None, typer.Option(help="hf, openai or expert")] = None,
+    model: Annotated[str | None, typer.Option(help="embedded, tiny, or a local model dir")] = None,
+    limit: Annotated[int | None, typer.Option(help="first N questions of every data set")] = None,
+    few_shot: Annotated[int | None, typer.Option(help="expert example trajectories in the prompt")] = None,
+    set_: SetOpt = None,
+    run_dir: RunDirOpt = None,
+) -> None:
+    """Rollouts on one or more data sets, then metrics.json, report.md and report.html (resumable)."""
+    from etagent.eval.stage import EvalConfig, run_eval
+
+    datasets = [{"data": d} for d in data] if data else None
+    cfg = _load(
+        EvalConfig,
+        config,
+        set_,
+        {"datasets": datasets, "backend.kind": backend, "backend.model": model, "few_shot": few_shot},
+        run_dir,
+    )
+    if limit is not None:
+        for dataset in cfg.datasets:
+            dataset.limit = limit
+    run_dir = run_dir or new_run_dir("eval")
+    prepare_run_dir(run_dir, cfg)
+    metrics = run_eval(cfg, run_dir)
+    console.print(_metrics_table(f"eval ({cfg.backend.kind}:{cfg.backend.model})", metrics))
+    console.print(f"report: {run_dir / 'report.html'}")
+
+
+@app.command()
+def score(
+    run_dir: Annotated[Path, typer.Argument(help="an `etagent eval` run directory")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Re-score saved trajectories without generating: scores.jsonl, metrics.json and the reports."""
+    from etagent.eval.stage import EvalConfig, check_eval_run_dir, rescore
+
+    check_eval_run_dir(run_dir)
+    cfg = _load(EvalConfig, config, set_, {}, run_dir)
+    metrics = rescore(run_dir, cfg)
+    console.print(_metrics_table(f"score {run_dir}", metrics))
+    console.print(f"report: {run_dir / 'report.html'}")
+
+
+@app.command()
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(help="scored run directories; the first is the baseline")],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="HTML file (the .md goes next to it); default: the last run dir"),
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Compare runs side by side (before/after training): report.html and report.md."""
+    from etagent.report import ReportConfig, write_report
+    from etagent.report.format import OVERALL_METRICS, fmt_value
+    from etagent.report.loader import METRICS_FILE, run_labels
+
+    cfg = _load(ReportConfig, config, set_, {})
+    html_path, md_path = write_report(run_dirs, output, cfg)
+    table = Table(title="overall (mean over data sets)")
+    table.add_column("metric")
+    for label in run_labels(run_dirs):
+        table.add_column(label, justify="right")
+    # write_report has validated every metrics.json
+    overall = [json.loads((p / METRICS_FILE).read_text(encoding="utf-8"))["overall"] for p in run_dirs]
+    for spec in OVERALL_METRICS:
+        table.add_row(spec.label, *[fmt_value(o.get(spec.key), spec.kind) for o in overall])
+    console.print(table)
+    console.print(f"markdown: {md_path}")
+    print(html_path)
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input or a missing service: shown as one line, not a traceback."""
     from etagent.backends.openai_backend import BackendResponseError

@@ -44,14 +44,23 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def set_dotted(tree: dict[str, Any], path: list[str], value: Any) -> None:
-    node = tree
-    for part in path[:-1]:
-        child = node.get(part)
-        if not isinstance(child, dict):
+    """Set ``tree[a][b]... = value``; a numeric part indexes an existing list (``datasets.0.limit``)."""
+    node: Any = tree
+    for depth, part in enumerate(path):
+        key: Any = part
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                where = ".".join(path[:depth])
+                raise ConfigError(f"override {'.'.join(path)}: {where} has {len(node)} items, no index {part!r}")
+            key = int(part)
+        if depth == len(path) - 1:
+            node[key] = value
+            return
+        child = node[key] if isinstance(node, list) else node.get(key)
+        if not isinstance(child, (dict, list)):
             child = {}
-            node[part] = child
+            node[key] = child
         node = child
-    node[path[-1]] = value
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

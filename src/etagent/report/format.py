@@ -1,0 +1,101 @@
+"""Which metrics a report shows, how each is printed, and which direction is better.
+
+Metric values in metrics.json are fractions in [0, 1] (shown x100), counts, or token numbers;
+one table here keeps the Markdown and HTML reports (and the CLI table) in agreement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Kind = Literal["pct", "count", "tokens", "per_k"]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    key: str
+    label: str
+    kind: Kind
+    #: +1: higher is better, -1: lower is better, 0: neither (tool calls, length)
+    better: int = 1
+
+
+#: the five radar dimensions (keys of metrics.json "overall"), in the paper's order
+OVERALL_METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("P", "Correctness P", "pct"),
+    MetricSpec("Effi", "Efficiency Effi", "pct"),
+    MetricSpec("conciseness", "Conciseness", "pct"),
+    MetricSpec("success_exec", "Successful Execution", "pct"),
+    MetricSpec("correctness_per_ktoken", "Reasoning Length (correct / 1k tokens)", "per_k"),
+    MetricSpec("reasoning_length", "model tokens / trajectory", "tokens", 0),
+)
+
+DATASET_METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("correctness", "correctness", "pct"),
+    MetricSpec("exact_match", "exact match", "pct"),
+    MetricSpec("f1", "F1", "pct"),
+    MetricSpec("effi", "Effi", "pct"),
+    MetricSpec("format_valid", "format valid", "pct"),
+    MetricSpec("mean_tool_calls", "tool calls / trajectory", "count", 0),
+    MetricSpec("mean_search_calls", "search calls / trajectory", "count", 0),
+    MetricSpec("mean_python_calls", "python calls / trajectory", "count", 0),
+    MetricSpec("tool_usage_rate", "trajectories using a tool", "pct", 0),
+    MetricSpec("success_exec_rate", "successful tool results", "pct"),
+    MetricSpec("success_exec_weighted", "successful execution (weighted)", "pct"),
+    MetricSpec("conciseness", "conciseness (judge)", "pct"),
+    MetricSpec("conciseness_exact", "no redundant call", "pct"),
+    MetricSpec("at_min_tool_calls", "at minimal tool calls", "pct"),
+    MetricSpec("redundant_call_rate", "with redundant calls", "pct", -1),
+    MetricSpec("insufficient_call_rate", "with missing calls", "pct", -1),
+    MetricSpec("reasoning_length", "model tokens / trajectory", "tokens", 0),
+    MetricSpec("correctness_per_ktoken", "correct / 1k tokens", "per_k"),
+)
+
+
+def fmt_value(value: Any, kind: Kind) -> str:
+    """A metric value as shown in tables: fractions as percentages with one decimal."""
+    if value is None:
+        return "–"
+    v = float(value)
+    if kind == "pct":
+        return f"{100 * v:.1f}"
+    if kind == "count":
+        return f"{v:.2f}"
+    if kind == "tokens":
+        return f"{v:.0f}"
+    return f"{v:.2f}"
+
+
+def fmt_delta(new: Any, old: Any, kind: Kind) -> str:
+    """``new - old`` in the display unit, signed; "–" when either is missing."""
+    if new is None or old is None:
+        return "–"
+    d = float(new) - float(old)
+    if kind == "pct":
+        d *= 100
+    digits = 0 if kind == "tokens" else (1 if kind == "pct" else 2)
+    text = f"{d:+.{digits}f}"
+    return "±0" if float(text) == 0 else text
+
+
+def delta_direction(new: Any, old: Any, spec: MetricSpec) -> int:
+    """+1 when ``new`` is better than ``old``, -1 when worse, 0 when equal or not comparable."""
+    if new is None or old is None or spec.better == 0:
+        return 0
+    d = float(new) - float(old)
+    if abs(d) < 1e-12:
+        return 0
+    return spec.better if d > 0 else -spec.better
+
+
+def has_metric(spec: MetricSpec, tables: list[dict[str, Any] | None]) -> bool:
+    """Show a row only when some run has a value for it (e.g. no judge -> no conciseness row)."""
+    return any(t is not None and t.get(spec.key) is not None for t in tables)
+
+
+def unit_note() -> str:
+    return (
+        "Percentages are fractions x100; Effi = mean correctness / tool calls (METHOD 7.4); "
+        "Reasoning Length = mean correctness per 1k model tokens (METHOD 7.5)."
+    )
