@@ -14,7 +14,9 @@ until every trajectory has answered or run out of budget. New questions join as 
 
 from __future__ import annotations
 
+import copy
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -183,6 +185,124 @@ class AgentLoop:
                         yield s.traj.question_id, sorted(group, key=lambda t: t.sample_index)
                         del finished[s.traj.question_id]
             active = still_active
+
+    # -- continuing partial trajectories (flywheel edits, branching rollouts) -------------------
+
+    def partial_trajectory(
+        self,
+        question: Question,
+        response_text: str,
+        sample_index: int = 0,
+        known_calls: Iterable[ToolCall] = (),
+    ) -> Trajectory:
+        """A trajectory whose response so far is ``response_text`` (e.g. an edited or cut one).
+
+        Every ``<result>...</result>`` that directly follows a complete tool call becomes a tool
+        segment (mask 0) with its ToolCall record (status from ``known_calls`` when one has the
+        same tool, input and result, else "ok"); the text around them becomes model segments.
+        Each segment is tokenised on its own, so ids, masks and text stay aligned. (A result after
+        an unknown tool's tag stays model text: only registered tools' results are recognised.)
+        """
+        traj = self.new_trajectory(question, sample_index)
+        status = {(c.tool, c.input, c.result): c.status for c in known_calls}
+        pos = 0
+        call: tags.Block | None = None  # the complete tool call a result would belong to
+        for block in tags.parse_blocks(response_text, tags.STRUCTURE_TAGS + self.tool_tags):
+            if block.kind in self.tool_tags and block.closed:
+                call = block
+            elif block.kind == tags.RESULT and block.closed and call is not None:
+                if block.start > pos:
+                    self._append_text(traj, "model", response_text[pos : block.start])
+                self._append_text(traj, "tool", response_text[block.start : block.end])
+                result = block.content.removeprefix("\n").removesuffix("\n")
+                content = call.content.strip()
+                traj.tool_calls.append(
+                    ToolCall(
+                        tool=call.kind,
+                        input=content,
+                        result=result,
+                        status=status.get((call.kind, content, result), "ok"),
+                        segment_index=len(traj.segments) - 1,
+                    )
+                )
+                pos, call = block.end, None
+            elif not (block.kind == "text" and not block.content.strip()):
+                call = None  # anything but whitespace between a call and a result breaks the pair
+        if pos < len(response_text):
+            self._append_text(traj, "model", response_text[pos:])
+        return traj
+
+    def _append_text(self, traj: Trajectory, role: str, text: str) -> None:
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        traj.segments.append(Segment(role=role, text=text, token_ids=ids))  # type: ignore[arg-type]
+
+    def continue_run(
+        self,
+        partials: list[Trajectory],
+        budget: BudgetConfig | None = None,
+        sampling: SamplingConfig | None = None,
+    ) -> list[Trajectory]:
+        """Continue partial trajectories until they answer or run out of budget; input order.
+
+        A partial may end anywhere: mid-think (e.g. after an injected hint), right after a tool
+        result, or with a complete tool call that has no result yet (an edited step that calls a
+        tool: it is executed first, within the budget; text after the call is dropped). A partial
+        that already holds a final answer comes back as it is, and an empty one is a fresh
+        rollout. Calls already in a partial count against ``budget`` (default: this loop's);
+        ``sampling`` overrides this loop's sampling. The partials themselves are not modified.
+        """
+        loop = copy.copy(self)  # shares the generator, tools and pool; own budget/sampling
+        loop.budget = budget or self.budget
+        loop.sampling = sampling or self.sampling
+        states = [loop._resume_state(p) for p in partials]
+        started = time.perf_counter()
+        prefix_calls = [c for c in (loop._call_in_prefix(s) for s in states) if c is not None]
+        loop._run_tools(prefix_calls)
+        for p in prefix_calls:
+            if p.state.response_len >= loop.budget.max_response_tokens:
+                p.state.traj.finish_reason = "response_budget"
+                p.state.stopped = True
+        queue = deque(s for s in states if not s.stopped)
+        active: list[_State] = []
+        while queue or active:
+            while queue and len(active) < self.max_active:
+                active.append(queue.popleft())
+            active = loop._turn(active)
+        elapsed = time.perf_counter() - started
+        for s in states:
+            s.traj.timings["total_s"] = s.traj.timings.get("total_s", 0.0) + elapsed
+            s.traj.prediction = tags.extract_answer(s.traj.response_text)
+        return [s.traj for s in states]
+
+    def _resume_state(self, partial: Trajectory) -> _State:
+        traj = partial.model_copy(deep=True)
+        traj.finish_reason = "eos"  # a new segment follows (not the continuation of a cut one)
+        counted = [c for c in traj.tool_calls if c.status not in ("budget_exceeded", "unknown_tool")]
+        calls: dict[str, int] = {}
+        for c in counted:
+            calls[c.tool] = calls.get(c.tool, 0) + 1
+        s = _State(traj, calls_by_tool=calls)
+        if tags.has_final_answer(traj.response_text):
+            traj.finish_reason, s.stopped = "answer", True
+        elif s.response_len >= self.budget.max_response_tokens:
+            traj.finish_reason, s.stopped = "response_budget", True
+        return s
+
+    def _call_in_prefix(self, s: _State) -> _PendingTool | None:
+        """The tool call a partial ends with (no result after it yet), admitted for execution."""
+        if s.stopped or not s.traj.segments or s.traj.segments[-1].role != "model":
+            return None
+        seg = s.traj.segments[-1]
+        call = tags.pending_tool_call(seg.text, self.tool_tags)
+        if call is None:
+            return None
+        closing = tags.close_tag(call.tool)
+        end = seg.text.find(closing) + len(closing)
+        if seg.text[end:]:
+            seg.text = seg.text[:end]
+            seg.token_ids = self.tokenizer.encode(seg.text, add_special_tokens=False)
+            seg.logprobs = seg.top_logprobs = None
+        return self._admit(s, call.tool, call.content)
 
     def _params(self, states: list[_State], stops: list[str]) -> SamplingParams:
         remaining = max(self.budget.max_response_tokens - s.response_len for s in states)

@@ -1,0 +1,37 @@
+"""The self-evolving data flywheel (METHOD 3) and its export to the fine-tuning set (METHOD 3.4)."""
+
+from etagent.flywheel.buffer import BufferRecord, FlywheelEntry, FlywheelEvent, select_parent
+from etagent.flywheel.export import export_sft, write_sft
+from etagent.flywheel.roles import (
+    Critic,
+    CriticConfig,
+    ExpertCritic,
+    Helper,
+    LLMCritic,
+    LLMHelper,
+    RoleConfig,
+    build_roles,
+)
+from etagent.flywheel.stage import ColdStartConfig, Flywheel, FlywheelConfig, build_flywheel, run_flywheel
+
+__all__ = [
+    "BufferRecord",
+    "ColdStartConfig",
+    "Critic",
+    "CriticConfig",
+    "ExpertCritic",
+    "Flywheel",
+    "FlywheelConfig",
+    "FlywheelEntry",
+    "FlywheelEvent",
+    "Helper",
+    "LLMCritic",
+    "LLMHelper",
+    "RoleConfig",
+    "build_flywheel",
+    "build_roles",
+    "export_sft",
+    "run_flywheel",
+    "select_parent",
+    "write_sft",
+]

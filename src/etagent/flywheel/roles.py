@@ -1,0 +1,579 @@
+"""The critic and helper roles of the flywheel (METHOD 3.1), each with an LLM and an expert form.
+
+- **Critic** (M3 in the paper, a 72B model): locates the first redundant step of a correct
+  trajectory and writes its corrected step, locates the earliest flawed step of an incorrect one,
+  rewrites the thinking before each action (global refinement) and judges maths answers.
+- **Helper** (M2, the policy's size): rewrites a flawed step after analysing it (self-correction).
+
+Every method takes a batch of requests and returns one result per request (None = no usable
+output: the operator then produces no candidate and the stage logs why). An LLM role puts the
+whole batch into one ``generate()`` call, so a vLLM server sees many requests at once.
+
+On the embedded tool world a 135M critic is useless, so :class:`ExpertCritic` fills both roles
+from each question's minimal plan (``question.meta["plan"]``): a tool call is *useful* when its
+result newly reveals a fact of a plan step, *redundant* otherwise; a corrected step is the plan's
+next segment after the facts found so far.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from pydantic import Field
+
+from etagent.backends.base import Generator, SamplingParams, render_chat_text
+from etagent.backends.config import BackendConfig
+from etagent.config import ConfigModel
+from etagent.flywheel import steps as st
+from etagent.protocol import tags
+from etagent.records import Question
+from etagent.scoring.correctness import answer_equal
+
+log = logging.getLogger("etagent.flywheel")
+
+
+# --------------------------------------------------------------------------------------------
+# Requests and results
+
+
+@dataclass(frozen=True)
+class StepsRequest:
+    """A trajectory, split into steps, about which a role is asked."""
+
+    question: Question
+    steps: list[str]
+
+
+@dataclass(frozen=True)
+class StepRewriteRequest:
+    """Rewrite step ``k`` (1-based) of ``steps``."""
+
+    question: Question
+    steps: list[str]
+    k: int
+
+
+@dataclass(frozen=True)
+class ThinkRequest:
+    """Rewrite the thinking before ``action``; ``prefix`` is the (already rewritten) trajectory so
+    far and ``think`` the original thinking."""
+
+    question: Question
+    prefix: str
+    think: str
+    action: str
+
+
+@dataclass(frozen=True)
+class RedundancyEdit:
+    """Step ``k`` is redundant; ``corrected_step`` replaces it (steps after it are dropped)."""
+
+    k: int
+    corrected_step: str
+
+
+class Critic(Protocol):
+    name: str
+
+    def locate_redundant_steps(self, requests: Sequence[StepsRequest]) -> list[RedundancyEdit | None]:
+        """Per trajectory: the first redundant step and its simplified replacement, or None."""
+        ...
+
+    def locate_flawed_steps(self, requests: Sequence[StepsRequest]) -> list[int | None]:
+        """Per trajectory: the earliest flawed step (1-based), or None."""
+        ...
+
+    def rewrite_thinks(self, requests: Sequence[ThinkRequest]) -> list[str | None]:
+        """Per request: the new thinking text (without think tags), or None."""
+        ...
+
+    def judge_correct(self, items: Sequence[tuple[Question, str]]) -> list[bool]:
+        """Per (question, prediction): is the prediction correct (maths questions)."""
+        ...
+
+
+class Helper(Protocol):
+    name: str
+
+    def rewrite_steps(self, requests: Sequence[StepRewriteRequest]) -> list[str | None]:
+        """Per request: a corrected version of step k (a well-formed step), or None."""
+        ...
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+
+
+class RoleConfig(ConfigModel):
+    """Who plays a role: the tool world's expert, or a language model (any backend)."""
+
+    kind: Literal["expert", "llm"] = "expert"
+    backend: BackendConfig | None = Field(
+        None, description="llm: the model; None = share the policy's generator (no second copy loaded)"
+    )
+    temperature: float = Field(
+        1.0, ge=0, description="METHOD 3.1: every flywheel generation samples at T=1.0"
+    )
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_new_tokens: int = Field(1024, ge=1)
+    seed: int | None = None
+
+
+class CriticConfig(RoleConfig):
+    judge_max_attempts: int = Field(
+        4, ge=1, description="llm: times a maths verdict is asked (METHOD 3.2: 4)"
+    )
+    judge_cache: bool = Field(True, description="llm: keep maths verdicts in the SQLite verdict cache")
+
+
+# --------------------------------------------------------------------------------------------
+# The expert (tool world): knows each question's minimal plan
+
+
+@dataclass
+class StepInfo:
+    """What one step does, as the expert sees it."""
+
+    call: tuple[str, str] | None  # (tool, content) of the step's executed call
+    new: list[int] = field(default_factory=list)  # plan steps whose facts this call newly revealed
+
+
+def _mentions(text: str, value: str) -> bool:
+    """``value`` appears in ``text`` as a whole token (a number inside a longer number does not count)."""
+    return re.search(rf"(?<![\w.]){re.escape(value)}(?![\w]|\.\d)", text) is not None
+
+
+def _reveals(step: dict[str, Any], tool: str, result: str) -> bool:
+    if step["tool"] != tool:
+        return False
+    reveals = step.get("reveals", {})
+    entity = reveals.get("entity")
+    facts = [str(v) for v in reveals.get("facts", {}).values()]
+    return (entity is None or entity in result) and all(_mentions(result, f) for f in facts)
+
+
+def _step_call(step: str) -> tuple[str, str, str] | None:
+    """(tool, content, result) of the executed call in a step, or None."""
+    blocks = [b for b in tags.parse_blocks(step) if not (b.kind == "text" and not b.content.strip())]
+    for b, nxt in itertools.pairwise(blocks):
+        if b.kind in st.TOOL_TAGS and b.closed and nxt.kind == tags.RESULT and nxt.closed:
+            return b.kind, b.content.strip(), nxt.content
+    return None
+
+
+def analyse_steps(question: Question, steps: Sequence[str]) -> list[StepInfo]:
+    """Per step: its call and the plan steps it newly covers (in the order the steps come)."""
+    plan = list(question.meta["plan"])
+    covered: set[int] = set()
+    infos = []
+    for step in steps:
+        call = _step_call(step)
+        if call is None:
+            infos.append(StepInfo(None))
+            continue
+        tool, content, result = call
+        new = [i for i, p in enumerate(plan) if i not in covered and _reveals(p, tool, result)]
+        covered.update(new)
+        infos.append(StepInfo((tool, content), new))
+    return infos
+
+
+class ExpertCritic:
+    """Critic and helper from the tool world's plans (no model). Deterministic."""
+
+    name = "expert"
+
+    def __init__(self) -> None:
+        from etagent.data.expert import variant_segments
+
+        self._minimal = variant_segments
+
+    @staticmethod
+    def _has_plan(q: Question) -> bool:
+        return isinstance(q.meta.get("plan"), list)
+
+    def next_step(self, question: Question, done: Sequence[str]) -> str:
+        """The plan's next segment after the steps ``done``: the call for the first plan step whose
+        facts are still missing, or the answer when none is."""
+        covered = {i for info in analyse_steps(question, done) for i in info.new}
+        segments = self._minimal(question)  # one call segment per plan step, then the answer
+        missing = [i for i in range(len(segments) - 1) if i not in covered]
+        return segments[missing[0] if missing else -1].text
+
+    def locate_redundant_steps(self, requests: Sequence[StepsRequest]) -> list[RedundancyEdit | None]:
+        out: list[RedundancyEdit | None] = []
+        for r in requests:
+            if not self._has_plan(r.question):
+                out.append(None)
+                continue
+            infos = analyse_steps(r.question, r.steps)
+            k = next((i for i, info in enumerate(infos, 1) if info.call is not None and not info.new), None)
+            out.append(None if k is None else RedundancyEdit(k, self.next_step(r.question, r.steps[: k - 1])))
+        return out
+
+    def locate_flawed_steps(self, requests: Sequence[StepsRequest]) -> list[int | None]:
+        """The first call that reveals nothing new, or else the step that answers (or stops)
+        without the missing facts; None when every step is a useful call (no end to fix)."""
+        out: list[int | None] = []
+        for r in requests:
+            if not self._has_plan(r.question):
+                out.append(None)
+                continue
+            infos = analyse_steps(r.question, r.steps)
+            out.append(
+                next((i for i, info in enumerate(infos, 1) if info.call is None or not info.new), None)
+            )
+        return out
+
+    def rewrite_steps(self, requests: Sequence[StepRewriteRequest]) -> list[str | None]:
+        return [
+            self.next_step(r.question, r.steps[: r.k - 1]) if self._has_plan(r.question) else None
+            for r in requests
+        ]
+
+    def rewrite_thinks(self, requests: Sequence[ThinkRequest]) -> list[str | None]:
+        out: list[str | None] = []
+        for r in requests:
+            if not self._has_plan(r.question):
+                out.append(None)
+                continue
+            plan = r.question.meta["plan"]
+            done = st.split_steps(r.prefix) if r.prefix else []
+            infos = analyse_steps(r.question, done)
+            covered = {i for info in infos for i in info.new}
+            parts = []
+            last_call = next((info for info in reversed(infos) if info.call is not None), None)
+            if last_call is not None:
+                parts += [f"The result shows that {plan[i]['fact']}." for i in last_call.new]
+            elif r.question.meta.get("direct_note"):
+                parts.append(r.question.meta["direct_note"])
+            call = _step_call(r.action)
+            if call is None:
+                parts.append(f"Therefore the answer is {tags.extract_answer(r.action)}.")
+            else:
+                tool, _, result = call
+                new = [i for i, p in enumerate(plan) if i not in covered and _reveals(p, tool, result)]
+                if new:
+                    need = plan[new[0]]["need"]
+                    how = "a search will find it" if tool == tags.SEARCH else "Python will compute it exactly"
+                    parts.append(f"{'Next' if covered else 'First'} I need {need}; {how}.")
+                else:
+                    parts.append("Let me double-check this with one more call.")
+            out.append(" ".join(parts))
+        return out
+
+    def judge_correct(self, items: Sequence[tuple[Question, str]]) -> list[bool]:
+        return [answer_equal(pred, q.answers, q.task) for q, pred in items]
+
+
+# --------------------------------------------------------------------------------------------
+# LLM roles: prompts and tolerant parsers
+
+REDUNDANCY_PROMPT = """\
+You are reviewing the reasoning trajectory of an agent that answers questions step by step. It \
+thinks inside <think> </think>, calls a search engine with <search> query </search> or a Python \
+interpreter with <python> code </python>, receives each tool's output inside <result> </result>, \
+and gives the final answer inside <answer> </answer>.
+
+A step is REDUNDANT if its reasoning is unnecessary, verbose or repetitive, or if it calls a tool \
+whose information was already available or which repeats an earlier call.
+
+Question: {question}
+
+Trajectory:
+{steps}
+
+Find the FIRST redundant step. If there is none, reply exactly "Step: no". Otherwise reply in \
+exactly this form:
+Step: <the step number>
+Analysis: <why the step is redundant>
+Corrected Step: <the full simplified step, written with the same tags; if it still calls a tool, \
+end right after the closing tool tag and do not write a <result>>"""
+
+FLAWED_STEP_PROMPT = """\
+You are reviewing the reasoning trajectory of an agent that answers questions step by step with \
+tools (<search> for a search engine, <python> for a Python interpreter; tool outputs are shown in \
+<result> </result>). The trajectory reaches a WRONG answer.
+
+Question: {question}
+Correct answer: {answer}
+
+Trajectory:
+{steps}
+
+Find the EARLIEST flawed step. A step is flawed if it contains a logical error, overthinks, makes \
+a redundant tool call, makes an inappropriate tool call, or answers without a tool call it needed.
+Reply with the step number first, as "Step: <number>", then "Analysis: <why>"."""
+
+ANALYSIS_PROMPT = """\
+Here is the beginning of a reasoning trajectory of an agent that answers questions step by step \
+with tools (<search>, <python>; outputs in <result> </result>). The last step shown contains a \
+mistake.
+
+Question: {question}
+
+Trajectory:
+{steps}
+
+Analyse step {k}: what is wrong with it, and what should the agent do instead?"""
+
+REWRITE_STEP_PROMPT = """\
+An agent answers questions step by step: it thinks inside <think> </think>, then either calls a \
+tool (<search> query </search> or <python> code </python>) or answers inside <answer> </answer> \
+with the final answer in \\boxed{{}}.
+
+Question: {question}
+
+Steps so far:
+{steps}
+
+The next step was flawed:
+{flawed}
+
+Analysis of the flaw:
+{analysis}
+
+Write the corrected step: one <think> </think> block, then one tool call or the final answer. If \
+you call a tool, stop right after its closing tag; never write a <result> yourself."""
+
+THINK_REWRITE_PROMPT = """\
+You are polishing the reasoning of an agent that solves questions with tools. Rewrite ONLY the \
+thinking that precedes the action below: remove redundancy and mistakes, keep the logic, keep it \
+short. Do not write any tag, tool call, result or answer: write only the new thinking text, then \
+</think>.
+
+Question: {question}
+
+Trajectory so far:
+{prefix}
+
+Original thinking:
+{think}
+
+The action that follows (kept exactly as it is):
+{action}
+
+New thinking:"""
+
+_STEP_NUMBER = re.compile(r"step\s*(?:number)?\s*[*#:：\-]*\s*(?:is\s*)?[*#]*\s*(no\b|none\b|\d+)", re.I)
+_LEADING_NUMBER = re.compile(r"^\W*(\d+)")
+_CORRECTED = re.compile(r"corrected[\s_]*step\s*\**\s*[:：]\s*\**", re.I)
+_ANY_TAG = re.compile(r"</?(?:think|answer|result|search|python)>")
+
+
+def parse_step_number(reply: str, n_steps: int, allow_no: bool = False) -> int | Literal["no"] | None:
+    """The step number in a critic's reply ("Step: 3", "**Step:** 3", "Step 3", a bare "3" after a
+    "Step:" prefill); "no" for "Step: no" when allowed; None when unreadable or out of range."""
+    m = _STEP_NUMBER.search(reply)
+    value = m.group(1).lower() if m else None
+    if value is None:
+        lead = _LEADING_NUMBER.match(reply)
+        value = lead.group(1) if lead else None
+    if value in ("no", "none"):
+        return "no" if allow_no else None
+    if value is None:
+        return None
+    k = int(value)
+    return k if 1 <= k <= n_steps else None
+
+
+def parse_redundancy(reply: str, n_steps: int) -> RedundancyEdit | Literal["no"] | None:
+    k = parse_step_number(reply, n_steps, allow_no=True)
+    if k == "no" or k is None:
+        return k
+    m = _CORRECTED.search(reply)
+    if m is None:
+        return None
+    step = st.repair_step(reply[m.end() :])
+    return None if step is None else RedundancyEdit(k, step)
+
+
+def parse_think(reply: str) -> str | None:
+    """New thinking text: up to ``</think>``, without a leading ``<think>``; None when empty or
+    when it holds any protocol tag (the rewrite must not touch actions)."""
+    text = reply.split(tags.close_tag(tags.THINK), 1)[0].strip()
+    text = text.removeprefix(tags.open_tag(tags.THINK)).strip()
+    if not text or _ANY_TAG.search(text):
+        return None
+    return text
+
+
+class _LLMRole:
+    """Shared plumbing: chat prompts with an optional assistant prefill, one batched call."""
+
+    def __init__(self, generator: Generator, cfg: RoleConfig):
+        self.generator = generator
+        self.cfg = cfg
+        self.name = getattr(generator, "name", "llm")
+
+    def _prompt(self, user: str, prefill: str = "") -> list[int]:
+        text = render_chat_text(self.generator.tokenizer, [{"role": "user", "content": user}]) + prefill
+        return self.generator.tokenizer.encode(text, add_special_tokens=False)
+
+    def _generate(self, prompts: list[list[int]], stop: Sequence[str] = ()) -> list[str | None]:
+        if not prompts:
+            return []
+        params = SamplingParams(  # built per call: no shared, mutated stop list (METHOD 9.3)
+            max_new_tokens=self.cfg.max_new_tokens,
+            temperature=self.cfg.temperature,
+            top_p=self.cfg.top_p,
+            stop=list(stop),
+            seed=self.cfg.seed,
+        )
+        try:
+            out = self.generator.generate(list(prompts), params)
+        except Exception as e:  # a failing server costs candidates, not the run
+            log.warning(
+                "%s: generation failed for %d prompts: %s: %s", self.name, len(prompts), type(e).__name__, e
+            )
+            return [None] * len(prompts)
+        return [c[0].text if c else None for c in out]
+
+
+def _gold(q: Question) -> str:
+    return " | ".join(q.answers)
+
+
+class LLMCritic(_LLMRole):
+    """The critic role over any Generator (the paper: Qwen2.5-72B-Instruct behind vLLM)."""
+
+    def __init__(self, generator: Generator, cfg: CriticConfig, judge: Any = None):
+        super().__init__(generator, cfg)
+        self.judge = judge  # an etagent.scoring.judge.LLMJudge; built on first use when None
+        self.cfg: CriticConfig = cfg
+
+    def locate_redundant_steps(self, requests: Sequence[StepsRequest]) -> list[RedundancyEdit | None]:
+        prompts = [
+            self._prompt(
+                REDUNDANCY_PROMPT.format(question=r.question.question, steps=st.render_steps(r.steps))
+            )
+            for r in requests
+        ]
+        out: list[RedundancyEdit | None] = []
+        for r, reply in zip(requests, self._generate(prompts), strict=True):
+            parsed = None if reply is None else parse_redundancy(reply, len(r.steps))
+            if parsed is None:
+                log.info("critic: unreadable redundancy reply for %s: %r", r.question.id, (reply or "")[:200])
+            out.append(parsed if isinstance(parsed, RedundancyEdit) else None)
+        return out
+
+    def locate_flawed_steps(self, requests: Sequence[StepsRequest]) -> list[int | None]:
+        prompts = [
+            self._prompt(
+                FLAWED_STEP_PROMPT.format(
+                    question=r.question.question, answer=_gold(r.question), steps=st.render_steps(r.steps)
+                ),
+                prefill="Step:",
+            )
+            for r in requests
+        ]
+        out: list[int | None] = []
+        # only the number is used, so generation stops where the analysis would begin
+        for r, reply in zip(requests, self._generate(prompts, stop=["Analysis:"]), strict=True):
+            k = None if reply is None else parse_step_number(reply, len(r.steps))
+            if k is None:
+                log.info(
+                    "critic: unreadable flawed-step reply for %s: %r", r.question.id, (reply or "")[:200]
+                )
+            out.append(k if isinstance(k, int) else None)
+        return out
+
+    def rewrite_thinks(self, requests: Sequence[ThinkRequest]) -> list[str | None]:
+        prompts = [
+            self._prompt(
+                THINK_REWRITE_PROMPT.format(
+                    question=r.question.question,
+                    prefix=r.prefix or "(nothing yet)",
+                    think=r.think,
+                    action=r.action,
+                )
+            )
+            for r in requests
+        ]
+        replies = self._generate(prompts, stop=[tags.close_tag(tags.THINK)])
+        return [None if reply is None else parse_think(reply) for reply in replies]
+
+    def judge_correct(self, items: Sequence[tuple[Question, str]]) -> list[bool]:
+        from etagent.scoring.judge import CorrectnessItem, JudgeConfig, LLMJudge
+        from etagent.scoring.judge_cache import VerdictCache
+
+        if self.judge is None:
+            cfg = JudgeConfig(
+                name=f"flywheel-critic:{self.name}",
+                max_attempts=self.cfg.judge_max_attempts,
+                cache=self.cfg.judge_cache,
+                temperature=self.cfg.temperature,
+                retry_temperature=self.cfg.temperature,
+            )
+            self.judge = LLMJudge(self.generator, cfg, VerdictCache() if cfg.cache else None)
+        return self.judge.judge_correctness(
+            [CorrectnessItem(q.question, q.answers, pred, q.task) for q, pred in items]
+        )
+
+
+class LLMHelper(_LLMRole):
+    """The helper role over any Generator: analyse the flawed step, then rewrite it (two calls)."""
+
+    def rewrite_steps(self, requests: Sequence[StepRewriteRequest]) -> list[str | None]:
+        analyses = self._generate(
+            [
+                self._prompt(
+                    ANALYSIS_PROMPT.format(
+                        question=r.question.question, steps=st.render_steps(r.steps[: r.k]), k=r.k
+                    ),
+                    prefill=f"Step: {r.k}\nAnalysis: Let me analyze this step.",
+                )
+                for r in requests
+            ]
+        )
+        todo = [(i, r, a) for i, (r, a) in enumerate(zip(requests, analyses, strict=True)) if a and a.strip()]
+        rewrites = self._generate(
+            [
+                self._prompt(
+                    REWRITE_STEP_PROMPT.format(
+                        question=r.question.question,
+                        steps=st.render_steps(r.steps[: r.k - 1]) or "(none)",
+                        flawed=r.steps[r.k - 1].strip(),
+                        analysis=a.strip(),
+                    )
+                )
+                for _, r, a in todo
+            ]
+        )
+        out: list[str | None] = [None] * len(requests)
+        for (i, r, _), reply in zip(todo, rewrites, strict=True):
+            out[i] = None if reply is None else st.repair_step(reply)
+            if out[i] is None:
+                log.info("helper: unusable step rewrite for %s: %r", r.question.id, (reply or "")[:200])
+        return out
+
+
+def build_roles(
+    critic_cfg: CriticConfig, helper_cfg: RoleConfig, policy: Generator
+) -> tuple[Critic, Helper, list[Generator]]:
+    """The critic and helper a config describes; also the generators built for them (to close).
+    An llm role without a backend shares the policy's generator."""
+    from etagent.backends.config import build_generator
+
+    owned: list[Generator] = []
+
+    def generator_for(cfg: RoleConfig) -> Generator:
+        if cfg.backend is None:
+            return policy
+        gen = build_generator(cfg.backend)
+        owned.append(gen)
+        return gen
+
+    expert = ExpertCritic()
+    critic: Critic = (
+        expert if critic_cfg.kind == "expert" else LLMCritic(generator_for(critic_cfg), critic_cfg)
+    )
+    helper: Helper = (
+        expert if helper_cfg.kind == "expert" else LLMHelper(generator_for(helper_cfg), helper_cfg)
+    )
+    return critic, helper, owned
