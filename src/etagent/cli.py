@@ -236,21 +236,149 @@ def data_toolworld(
     console.print(f"tool world written to {path}")
 
 
-@app.command()
-def demo(
-    run_dir: RunDirOpt = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-) -> None:
-    """The main job on the embedded defaults: expert and embedded-model rollouts on the tool world."""
-    from etagent.demo import DemoConfig, run_demo
-
-    cfg = _load(DemoConfig, config, set_, {}, run_dir)
-    run_dir = run_dir or new_run_dir("demo")
+def _run_stage(
+    command: str,
+    cls: type[C],
+    config: Path | None,
+    overrides: list[str] | None,
+    shortcuts: dict[str, Any],
+    run_dir: Path | None,
+    runner: Any,
+) -> tuple[C, Path, dict[str, Any]]:
+    """The common shape of a stage command: resolve the config, prepare the run dir, run."""
+    cfg = _load(cls, config, overrides, shortcuts, run_dir)
+    run_dir = run_dir or new_run_dir(command)
     prepare_run_dir(run_dir, cfg)
-    summaries = run_demo(cfg, run_dir)
-    console.print(_summary_table("etagent demo: tool world dev split", summaries))
+    return cfg, run_dir, runner(cfg, run_dir)
+
+
+def _print_summary(summary: dict[str, Any], keys: tuple[str, ...]) -> None:
+    table = Table(show_header=False)
+    for key in keys:
+        if summary.get(key) is not None:
+            value = summary[key]
+            table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
+@app.command()
+def flywheel(
+    config: ConfigOpt = None,
+    data: Annotated[str | None, typer.Option(help="JSONL file, toolworld:<split>, or a datasets file/dir")] = None,
+    limit: Annotated[int | None, typer.Option(help="first N questions only")] = None,
+    rounds: Annotated[int | None, typer.Option(help="evolution rounds per question")] = None,
+    policy: Annotated[str | None, typer.Option(help="policy model: embedded or a model dir")] = None,
+    cold_start: Annotated[
+        bool | None, typer.Option("--cold-start/--no-cold-start", help="write expert trajectories instead")
+    ] = None,
+    set_: SetOpt = None,
+    run_dir: RunDirOpt = None,
+) -> None:
+    """Self-evolving data flywheel; writes buffers.jsonl (resumable), sft.jsonl and export_stats.json."""
+    from etagent.flywheel import FlywheelConfig, run_flywheel
+
+    shortcuts = {
+        "data": data,
+        "limit": limit,
+        "rounds": rounds,
+        "policy.model": policy,
+        "cold_start.enabled": cold_start,
+    }
+    _, run_dir, summary = _run_stage("flywheel", FlywheelConfig, config, set_, shortcuts, run_dir, run_flywheel)
+    console.print_json(data=summary)
+    console.print(f"sft set: {run_dir / 'sft.jsonl'}")
+
+
+@app.command()
+def sft(
+    config: ConfigOpt = None,
+    data: Annotated[str | None, typer.Option(help="sft.jsonl (the flywheel's export)")] = None,
+    model: Annotated[str | None, typer.Option(help="embedded, tiny, or a local model dir")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="optimizer steps")] = None,
+    set_: SetOpt = None,
+    run_dir: RunDirOpt = None,
+) -> None:
+    """Fine-tune on an SFT set (TRL, full or LoRA, tool results masked); writes <run-dir>/model."""
+    from etagent.train.sft import SFTConfig, run_sft
+
+    shortcuts = {"data": data, "model": model, "max_steps": max_steps}
+    cfg, run_dir, summary = _run_stage("sft", SFTConfig, config, set_, shortcuts, run_dir, run_sft)
+    _print_summary(summary, tuple(summary))
+    console.print(f"model: {run_dir / cfg.output}")
+
+
+@app.command()
+def pareto(
+    config: ConfigOpt = None,
+    data: Annotated[str | None, typer.Option(help="questions to sample groups for")] = None,
+    model: Annotated[str | None, typer.Option(help="the current policy: embedded or a model dir")] = None,
+    group_size: Annotated[int | None, typer.Option("--group-size", "-g", help="samples per question")] = None,
+    limit: Annotated[int | None, typer.Option(help="first N questions only")] = None,
+    set_: SetOpt = None,
+    run_dir: RunDirOpt = None,
+) -> None:
+    """Group sampling, scoring and Pareto selection; writes curriculum stages under stages/."""
+    from etagent.pareto.stage import ParetoStageConfig, run_pareto
+
+    shortcuts = {
+        "rollout.data": data,
+        "rollout.backend.model": model,
+        "rollout.n": group_size,
+        "rollout.limit": limit,
+    }
+    _, run_dir, summary = _run_stage("pareto", ParetoStageConfig, config, set_, shortcuts, run_dir, run_pareto)
+    _print_summary(summary, tuple(k for k in summary if not isinstance(summary[k], (list, dict))))
+    console.print(f"stages: {run_dir / 'stages'}")
+
+
+@app.command()
+def rl(
+    config: ConfigOpt = None,
+    data: Annotated[str | None, typer.Option(help="questions, e.g. a Pareto stage file")] = None,
+    model: Annotated[str | None, typer.Option(help="the policy to train: embedded or a model dir")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="rollout steps")] = None,
+    set_: SetOpt = None,
+    run_dir: RunDirOpt = None,
+) -> None:
+    """Behaviour-calibration RL (GRPO + ET-Agent reward + ARPO branching); writes <run-dir>/model."""
+    from etagent.rl.config import RLConfig
+    from etagent.rl.trl_engine import run_rl
+
+    shortcuts = {"data": data, "model": model, "max_steps": max_steps}
+    _, run_dir, summary = _run_stage("rl", RLConfig, config, set_, shortcuts, run_dir, run_rl)
+    _print_summary(summary, ("steps", "train_seconds", "seconds_per_step", "model", "train_log"))
+
+
+def _run_pipeline(command: str, cls: type[C], config: Path | None, set_: list[str] | None, run_dir: Path | None) -> None:
+    from etagent.pipeline import run_pipeline
+
+    def on_stage(name: str) -> None:
+        console.rule(f"[bold]{command}: {name}")
+
+    def runner(cfg: Any, rd: Path) -> dict[str, Any]:
+        return run_pipeline(cfg, rd, on_stage)
+
+    _, run_dir, summary = _run_stage(command, cls, config, set_, {}, run_dir, runner)
     console.print(f"run directory: {run_dir}")
+    console.print(f"report: {summary['report']['html']}")
+
+
+@app.command()
+def pipeline(config: ConfigOpt = None, set_: SetOpt = None, run_dir: RunDirOpt = None) -> None:
+    """The whole method in one run directory: (cold start) flywheel, SFT, K x (Pareto, RL), eval, report.
+
+    Killed at any point, the same command with --run-dir resumes where it stopped."""
+    from etagent.pipeline import PipelineConfig
+
+    _run_pipeline("pipeline", PipelineConfig, config, set_, run_dir)
+
+
+@app.command()
+def demo(run_dir: RunDirOpt = None, config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """The pipeline on the embedded defaults, sized for a 2-core CPU; ends with the report's path."""
+    from etagent.demo import DemoConfig
+
+    _run_pipeline("demo", DemoConfig, config, set_, run_dir)
 
 
 # -- evaluation: eval, score, report -------------------------------------------------------------

@@ -1,58 +1,87 @@
-"""``etagent demo``: the main job on the embedded defaults.
+"""``etagent demo``: the whole pipeline on the embedded defaults, sized for a 2-core CPU.
 
-For now (the runtime milestone): rollouts on the tool world's dev split with the expert policy
-(the cold-start teacher: it should be 100% correct at the minimal number of tool calls) and with
-the embedded SmolLM2-135M-Instruct, few-shot prompted, plus a correctness summary of both.
-Later stages (flywheel, fine-tuning, Pareto sampling, RL, report) extend this pipeline.
+The embedded SmolLM2-135M-Instruct cannot follow the tool format from the prompt, so the demo
+starts with a short fine-tune on the tool world's expert trajectories (some with redundant or
+missing calls, as real policies write them), then runs the flywheel with that policy (the expert
+fills the critic and helper roles), fine-tunes on the evolved set, runs one curriculum stage of
+Pareto sampling and RL, and evaluates the base, fine-tuned and RL models on the tool world's dev
+split in one report. Every size below is a field of :class:`DemoConfig`, overridable with --set.
 """
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
-from typing import Any
-
 from pydantic import Field
 
-from etagent.backends.config import BackendConfig
-from etagent.config import ConfigModel
-from etagent.io import atomic_write_json
+from etagent.backends.config import ExpertConfig
+from etagent.eval.stage import EvalConfig, EvalDataset
+from etagent.flywheel.stage import ColdStartConfig, FlywheelConfig
+from etagent.pareto.selection import ParetoConfig
+from etagent.pareto.stage import ParetoStageConfig
+from etagent.pipeline import PipelineConfig
+from etagent.rl.config import RLConfig
 from etagent.rollout.loop import BudgetConfig, SamplingConfig
-from etagent.rollout.stage import RolloutConfig, run_rollout
+from etagent.rollout.stage import RolloutConfig
+from etagent.train.sft import SFTConfig
 
-log = logging.getLogger("etagent.demo")
+# a tool-world search result is ~250 tokens; two calls and the reasoning fit in 1,024
+_BUDGET = BudgetConfig(max_tool_calls=4, max_new_tokens_per_call=160, max_response_tokens=1024)
 
 
-def _expert_rollout() -> RolloutConfig:
-    return RolloutConfig(
-        data="toolworld:dev",
-        backend=BackendConfig(kind="expert"),
-        sampling=SamplingConfig(temperature=0.0),
-        output="expert.jsonl",
+def _cold_start() -> FlywheelConfig:
+    return FlywheelConfig(
+        data="toolworld:train",
+        limit=160,
+        cold_start=ColdStartConfig(enabled=True, samples=2, expert=ExpertConfig(redundant_rate=0.2, missing_rate=0.1)),
     )
 
 
-def _model_rollout() -> RolloutConfig:
-    return RolloutConfig(
-        data="toolworld:dev",
+def _flywheel() -> FlywheelConfig:
+    return FlywheelConfig(
+        data="toolworld:train",
         limit=16,
-        backend=BackendConfig(kind="hf", model="embedded"),
-        sampling=SamplingConfig(temperature=0.0),
-        budget=BudgetConfig(max_new_tokens_per_call=128, max_response_tokens=768),
-        few_shot=3,
-        output="embedded_model.jsonl",
+        rounds=2,
+        budget=_BUDGET,
+        continuation_budget=_BUDGET,
+        sampling=SamplingConfig(temperature=1.0, top_p=0.95),
     )
 
 
-class DemoConfig(ConfigModel):
-    expert: RolloutConfig = Field(default_factory=_expert_rollout)
-    model: RolloutConfig = Field(default_factory=_model_rollout)
+def _pareto() -> ParetoStageConfig:
+    return ParetoStageConfig(
+        rollout=RolloutConfig(
+            data="toolworld:train",
+            limit=24,
+            n=4,
+            budget=_BUDGET,
+            sampling=SamplingConfig(temperature=1.0),
+            output="groups.jsonl",
+        ),
+        selection=ParetoConfig(budget=8),
+    )
 
 
-def run_demo(cfg: DemoConfig, run_dir: Path) -> dict[str, dict[str, Any]]:
-    summaries: dict[str, dict[str, Any]] = {}
-    for name, rollout_cfg in (("expert policy", cfg.expert), ("embedded model (few-shot)", cfg.model)):
-        log.info("demo: %s", name)
-        summaries[name] = run_rollout(rollout_cfg, run_dir)
-    atomic_write_json(run_dir / "demo_summary.json", summaries)
-    return summaries
+def _rl() -> RLConfig:
+    return RLConfig(
+        num_generations=4,
+        arpo={"n": 4, "initial_rollouts": 2},
+        questions_per_step=2,
+        micro_batch_size=4,
+        max_steps=4,
+        learning_rate=2e-6,
+        budget=_BUDGET.model_copy(update={"on_budget": "stop"}),
+        save_steps=2,
+    )
+
+
+def _eval() -> EvalConfig:
+    return EvalConfig(datasets=[EvalDataset(data="toolworld:dev", limit=32)], budget=_BUDGET)
+
+
+class DemoConfig(PipelineConfig):
+    cold_start_data: FlywheelConfig = Field(default_factory=_cold_start)
+    cold_start_sft: SFTConfig = Field(default_factory=lambda: SFTConfig(data="", max_steps=30, learning_rate=1e-4))
+    flywheel: FlywheelConfig = Field(default_factory=_flywheel)
+    sft: SFTConfig = Field(default_factory=lambda: SFTConfig(data="", max_steps=20, learning_rate=5e-5))
+    pareto: ParetoStageConfig = Field(default_factory=_pareto)
+    rl: RLConfig = Field(default_factory=_rl)
+    eval: EvalConfig = Field(default_factory=_eval)

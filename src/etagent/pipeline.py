@@ -1,0 +1,164 @@
+"""``etagent pipeline``: the whole method in one run directory, resumable stage by stage.
+
+    cold-start data -> cold-start SFT      (only for a policy that cannot follow the tool format)
+    flywheel -> SFT                         (METHOD 3-4: the fine-tuned policy pi_0)
+    K x (Pareto sampling -> RL)             (METHOD 5-6: each stage samples with the latest policy)
+    eval of base / fine-tuned / RL models -> one report comparing them
+
+Each stage runs in its own sub-directory and, once finished, leaves ``stage.json`` (its summary)
+there; a resumed pipeline skips finished stages and re-enters the unfinished one, whose own
+resume logic (rollouts, buffers, checkpoints) picks up what is on disk. The model a stage hands
+to the next is always a directory on disk (``<stage>/model``), so nothing lives only in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from etagent.config import ConfigModel
+from etagent.data.loader import load_questions
+from etagent.eval.stage import EvalConfig, run_eval
+from etagent.flywheel.export import SFT_FILE
+from etagent.flywheel.stage import FlywheelConfig, run_flywheel
+from etagent.io import atomic_write_json, atomic_write_jsonl, iter_jsonl
+from etagent.pareto.selection import stage_file
+from etagent.pareto.stage import STAGES_DIR, ParetoStageConfig, run_pareto
+from etagent.report.build import write_report
+from etagent.rl.config import RLConfig
+from etagent.rl.trl_engine import run_rl
+from etagent.train.sft import SFTConfig, run_sft
+
+log = logging.getLogger("etagent.pipeline")
+
+STAGE_DONE = "stage.json"
+REPORT = "report.html"
+
+
+def _cold_start_default() -> FlywheelConfig:
+    return FlywheelConfig(data="toolworld:train", limit=120, cold_start={"enabled": True})
+
+
+class PipelineConfig(ConfigModel):
+    base_model: str = Field("embedded", description="the model every stage starts from")
+    cold_start: bool = Field(
+        True,
+        description="fine-tune on expert-written trajectories before the flywheel (for a policy that "
+        "cannot follow the tool format from the prompt, like the embedded 135M model)",
+    )
+    cold_start_data: FlywheelConfig = Field(default_factory=_cold_start_default)
+    cold_start_sft: SFTConfig = Field(default_factory=lambda: SFTConfig(data="", max_steps=30))
+    flywheel: FlywheelConfig = Field(default_factory=FlywheelConfig)
+    sft: SFTConfig = Field(default_factory=lambda: SFTConfig(data=""))
+    sft_includes_cold_start: bool = Field(
+        True, description="train the main SFT on the cold-start examples too, not only the flywheel's"
+    )
+    curriculum_stages: int = Field(1, ge=0, description="K rounds of Pareto sampling + RL")
+    pareto: ParetoStageConfig = Field(default_factory=ParetoStageConfig)
+    rl: RLConfig = Field(default_factory=RLConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    eval_base: bool = Field(True, description="also evaluate the base model (the report's baseline)")
+
+
+class Pipeline:
+    """Runs the stages of :class:`PipelineConfig` in ``run_dir``, skipping finished ones."""
+
+    def __init__(self, cfg: PipelineConfig, run_dir: Path, on_stage: Callable[[str], None] | None = None):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.on_stage = on_stage or (lambda name: None)
+        self.summaries: dict[str, Any] = {}
+
+    def stage(self, name: str, body: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+        """Run ``body(stage_dir)`` unless ``stage_dir/stage.json`` says it finished."""
+        stage_dir = self.run_dir / name
+        done = stage_dir / STAGE_DONE
+        if done.exists():
+            log.info("pipeline: %s already done", name)
+            summary = json.loads(done.read_text(encoding="utf-8"))
+        else:
+            self.on_stage(name)
+            log.info("pipeline: %s", name)
+            stage_dir.mkdir(parents=True, exist_ok=True)
+            t0 = time.perf_counter()
+            summary = body(stage_dir)
+            summary = {**summary, "stage_seconds": time.perf_counter() - t0}
+            atomic_write_json(done, summary)
+        self.summaries[name] = summary
+        atomic_write_json(self.run_dir / "pipeline.json", self.summaries)
+        return summary
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        policy = cfg.base_model
+        sft_data: list[Path] = []
+
+        if cfg.cold_start:
+            cold = cfg.cold_start_data.model_copy(deep=True)
+            cold.cold_start.enabled = True
+            cold.policy.model = policy
+            self.stage("01-cold-start-data", lambda d: run_flywheel(cold, d))
+            cold_file = self.run_dir / "01-cold-start-data" / SFT_FILE
+            sft_data.append(cold_file)
+            cold_sft = cfg.cold_start_sft.model_copy(update={"model": policy, "data": str(cold_file)})
+            self.stage("02-cold-start-sft", lambda d: run_sft(cold_sft, d))
+            policy = str(self.run_dir / "02-cold-start-sft" / cold_sft.output)
+
+        flywheel = cfg.flywheel.model_copy(deep=True)
+        flywheel.policy.model = policy
+        self.stage("03-flywheel", lambda d: run_flywheel(flywheel, d))
+        sft_data.insert(0, self.run_dir / "03-flywheel" / SFT_FILE)
+
+        def sft_body(d: Path) -> dict[str, Any]:
+            files = sft_data if cfg.sft_includes_cold_start else sft_data[:1]
+            merged = d / "sft_data.jsonl"
+            atomic_write_jsonl(merged, [obj for f in files for _, obj in iter_jsonl(f)])
+            return run_sft(cfg.sft.model_copy(update={"model": policy, "data": str(merged)}), d)
+
+        self.stage("04-sft", sft_body)
+        policy = sft_model = str(self.run_dir / "04-sft" / cfg.sft.output)
+
+        earlier_stages: list[str] = []
+        for k in range(1, cfg.curriculum_stages + 1):
+            pareto = cfg.pareto.model_copy(deep=True)
+            pareto.rollout.backend.model = policy
+            pareto.exclude = pareto.exclude + earlier_stages
+            pareto_dir = self.run_dir / f"05-pareto-{k}"
+            self.stage(pareto_dir.name, lambda d, p=pareto: run_pareto(p, d))
+            stage_questions = stage_file(pareto_dir / STAGES_DIR, 1)
+            earlier_stages.append(str(stage_questions))
+            if not load_questions(str(stage_questions)):
+                log.warning("pipeline: Pareto stage %d selected no question; RL stage %d skipped", k, k)
+                continue
+            rl = cfg.rl.model_copy(update={"model": policy, "data": str(stage_questions)})
+            self.stage(f"06-rl-{k}", lambda d, r=rl: run_rl(r, d))
+            policy = str(self.run_dir / f"06-rl-{k}" / "model")
+
+        models = {"sft": sft_model}
+        if policy != sft_model:
+            models["rl"] = policy
+        if cfg.eval_base:
+            models = {"base": cfg.base_model, **models}
+        eval_dirs = []
+        for label, model in models.items():
+            ev = cfg.eval.model_copy(deep=True)
+            ev.backend.model = model
+            eval_dir = self.run_dir / "07-eval" / label  # the directory name labels the run in the report
+            self.stage(f"07-eval/{label}", lambda d, e=ev: run_eval(e, d))
+            eval_dirs.append(eval_dir)
+        html, md = write_report(eval_dirs, self.run_dir / REPORT, cfg.eval.report)
+        self.summaries["report"] = {"html": str(html), "markdown": str(md)}
+        atomic_write_json(self.run_dir / "pipeline.json", self.summaries)
+        return self.summaries
+
+
+def run_pipeline(
+    cfg: PipelineConfig, run_dir: Path, on_stage: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    return Pipeline(cfg, run_dir, on_stage).run()
