@@ -39,6 +39,19 @@ def test_overrides_index_into_lists(tmp_path):
         load_config(WithList, f, ["items.5.k=1"])
 
 
+class Words(ConfigModel):
+    mode: str = "x"
+    flag: bool = False
+
+
+def test_yaml_words_like_off_and_no_stay_strings(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("mode: off\nflag: true\n")
+    cfg = load_config(Words, f, [])
+    assert cfg.mode == "off" and cfg.flag is True
+    assert load_config(Words, None, ["mode=no", "flag=false"]).mode == "no"
+
+
 def test_artifacts_are_readable_by_others_as_the_umask_allows(tmp_path):
     path = tmp_path / "metrics.json"
     atomic_write_text(path, "{}")
