@@ -606,7 +606,7 @@ def test_query_cache_concurrent_processes_and_threads(tmp_path: Path) -> None:
     assert cache.get("backend", "w1-q7", 5) is None and cache.get("other", "w1-q7", 4) is None
     found = cache.get_many("backend", ["w0-q1", "  w0-q1", "missing"], 4)
     assert set(found) == {"w0-q1", "  w0-q1"}
-    mode = cache._conn().execute("PRAGMA journal_mode").fetchone()[0]
+    mode = cache.conn().execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
     cache.clear("backend")
     assert len(cache) == 0
