@@ -1,0 +1,136 @@
+"""ARPO branching rollouts versus independent rollouts: 16 trajectories per question.
+
+Both runs use the same agent loop, model (the embedded SmolLM2-135M by default), tools, few-shot
+prompt and sampling (T = 1) on the same tool-world questions. The independent run samples all
+16 trajectories of every question from the prompt, together in one batch. The ARPO run starts 8
+per question and makes the rest by branching right after tool results (METHOD 6.2): a branch
+re-samples only what follows the branch point, and its prefix is already in the hf backend's
+prefix store, so it is neither generated nor prefilled again.
+
+Prints wall time and generated model tokens of each run and the ratios (goal: ARPO <= 0.6x the
+time). Each run starts with an empty prefix store (as after a weight update); ``--repeat`` runs
+each kind several times, alternating, and reports medians: sampling makes every run different.
+
+    .venv/bin/python benchmarks/bench_arpo.py --questions 2 [--repeat 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--questions", type=int, default=2)
+    ap.add_argument("--n", type=int, default=16, help="trajectories per question")
+    ap.add_argument("--initial", type=int, default=8, help="ARPO rollouts started from the prompt")
+    ap.add_argument("--model", default="embedded")
+    ap.add_argument("--few-shot", type=int, default=2)
+    ap.add_argument("--max-new-tokens", type=int, default=96, help="per generate call")
+    ap.add_argument("--max-response-tokens", type=int, default=384)
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each kind, alternating; medians reported")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--refill",
+        choices=["idle", "unclaimed"],
+        default="unclaimed",
+        help="ARPO fresh-rollout rule (ArpoConfig.refill; the reference's is idle)",
+    )
+    args = ap.parse_args()
+
+    import torch
+
+    from etagent.backends.config import BackendConfig, HFConfig, build_generator
+    from etagent.data.toolworld import load_split
+    from etagent.rollout.arpo import ArpoConfig, ArpoRollout
+    from etagent.rollout.few_shot import expert_few_shot
+    from etagent.rollout.loop import AgentLoop, BudgetConfig, SamplingConfig
+    from etagent.tools.config import ToolsConfig, build_tools
+
+    # questions that need tools: branching happens after tool results
+    questions = [q for q in load_split("dev") if q.meta.get("min_tool_calls", 0) > 0][: args.questions]
+    tools_cfg = ToolsConfig()
+    tools = build_tools(tools_cfg)
+    few_shot = expert_few_shot(args.few_shot, tools_cfg)
+    rows = args.questions * args.n
+    generator = build_generator(
+        BackendConfig(kind="hf", model=args.model, hf=HFConfig(batch_size=rows, threads=args.threads))
+    )
+    budget = BudgetConfig(
+        max_new_tokens_per_call=args.max_new_tokens, max_response_tokens=args.max_response_tokens
+    )
+    arpo_cfg = ArpoConfig(n=args.n, initial_rollouts=args.initial, refill=args.refill)
+
+    def run(kind: str, seed: int) -> dict:
+        sampling = SamplingConfig(
+            temperature=args.temperature, logprobs=arpo_cfg.top_k_logprobs if kind == "arpo" else 0
+        )
+        loop = AgentLoop(
+            generator, tools, budget=budget, sampling=sampling, few_shot=few_shot, max_active=rows
+        )
+        generator.clear_prefix_cache()
+        torch.manual_seed(seed)
+        t0 = time.perf_counter()
+        try:
+            if kind == "arpo":
+                result = ArpoRollout(loop, arpo_cfg).run(questions, seed=seed)
+                trajs, stats = result.trajectories, result.stats
+                generated = stats["generated_tokens"]
+            else:
+                trajs, stats = loop.run(questions, n=args.n), {}
+                generated = sum(t.num_model_tokens for t in trajs)
+        finally:
+            dt = time.perf_counter() - t0
+            loop.close()
+        assert len(trajs) == rows
+        return {
+            "s": dt,
+            "generated": generated,
+            "model_tokens": sum(t.num_model_tokens for t in trajs),
+            "calls": sum(len(t.tool_calls) for t in trajs) / len(trajs),
+            "stats": stats,
+        }
+
+    run("independent", -1)  # warm-up: first-call allocations, tool workers
+    runs: dict[str, list[dict]] = {"independent": [], "arpo": []}
+    for k in range(args.repeat):
+        runs["independent"].append(run("independent", args.seed + k))
+        runs["arpo"].append(run("arpo", args.seed + k))
+    print(
+        f"questions: {len(questions)} x {args.n} trajectories  model: {args.model}  "
+        f"threads: {args.threads or 'all'}  T={args.temperature}  ARPO refill: {args.refill}  "
+        "prefix store emptied before each run"
+    )
+    med = {}
+    for name, rs in runs.items():
+        secs = statistics.median(x["s"] for x in rs)
+        gen = statistics.median(x["generated"] for x in rs)
+        med[name] = (secs, gen)
+        times = ", ".join(f"{x['s']:.1f}" for x in rs)
+        extra = ""
+        if name == "arpo":
+            st = [x["stats"] for x in rs]
+            extra = (
+                f"; branches {[s['branches'] for s in st]}, fresh {[s['fresh_rollouts'] for s in st]}, "
+                f"rounds {[s['rounds'] for s in st]}, entropy estimate {st[0]['entropy_method']}"
+            )
+        print(
+            f"{name}: {secs:.1f} s (runs: {times}), generated model tokens {gen:.0f} "
+            f"(runs: {[x['generated'] for x in rs]}), tool calls/trajectory "
+            f"{statistics.median(x['calls'] for x in rs):.2f}{extra}"
+        )
+    (ta, ga), (ti, gi) = med["arpo"], med["independent"]
+    print(f"ratio ARPO/independent: time {ta / ti:.2f}x (goal <= 0.6x), generated tokens {ga / gi:.2f}x")
+    for tool in tools.values():
+        tool.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""``etagent rl``: the behaviour-calibration RL stage's typed config (METHOD 6.1)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from etagent.config import ConfigModel
+from etagent.rollout.arpo import ArpoConfig
+from etagent.rollout.loop import BudgetConfig, SamplingConfig
+from etagent.scoring.reward import RewardConfig
+from etagent.tools.config import ToolsConfig
+
+
+class RLLoggingConfig(ConfigModel):
+    """Every step goes to ``<run_dir>/train_log.jsonl``; these add live dashboards."""
+
+    report_to: Literal["auto", "none", "tensorboard", "wandb"] = Field(
+        "auto",
+        description="auto: tensorboard when installed, and wandb when installed and configured "
+        "(WANDB_API_KEY or WANDB_MODE set); none: the JSONL log only",
+    )
+
+
+class RLConfig(ConfigModel):
+    """GRPO with group-normalised advantages, PPO clipping, token-mean loss, the ET-Agent reward and
+    ARPO branching rollouts. A "step" is one rollout step: ``questions_per_step`` questions,
+    ``num_generations`` trajectories each, then ``mini_batches`` policy updates on them."""
+
+    model: str = Field(
+        "embedded", description="policy to train: 'embedded', 'tiny' or a local HF model directory"
+    )
+    tokenizer: str | None = Field(None, description="tokenizer location; defaults to model")
+    data: str = Field(
+        "toolworld:train",
+        description="questions: a JSONL file (e.g. a curriculum stage file), toolworld:<split>, or a "
+        "datasets file/dir",
+    )
+    limit: int | None = Field(None, ge=1, description="first N questions only")
+    tools: ToolsConfig = Field(default_factory=ToolsConfig)
+    budget: BudgetConfig = Field(
+        default_factory=lambda: BudgetConfig(
+            max_tool_calls=6, max_new_tokens_per_call=256, max_response_tokens=1024, on_budget="stop"
+        ),
+        description="per-trajectory limits (reference RL: 6 calls in total, then the trajectory ends)",
+    )
+    sampling: SamplingConfig = Field(
+        default_factory=SamplingConfig,
+        description="rollout sampling (reference: T 1.0, top_p 1.0); keep seed unset, the trainer seeds",
+    )
+    few_shot: int = Field(0, ge=0, description="expert-written example trajectories in the prompt")
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    use_arpo: bool = Field(True, description="ARPO branching rollouts; False: independent samples")
+    arpo: ArpoConfig = Field(default_factory=ArpoConfig)
+    num_generations: int = Field(16, ge=2, description="trajectories per question (the GRPO group)")
+    questions_per_step: int = Field(2, ge=1, description="questions rolled out per step (reference: 64)")
+    mini_batches: int = Field(
+        1,
+        ge=1,
+        description="policy updates per step, each on a share of its trajectories; > 1 makes the later "
+        "ones off-policy, which is where PPO clipping acts (reference: 16)",
+    )
+    micro_batch_size: int = Field(4, ge=1, description="sequences per forward/backward pass")
+    max_steps: int = Field(10, ge=1, description="rollout steps (reference: 3 epochs of the stage's data)")
+    learning_rate: float = Field(1e-6, gt=0, description="AdamW, constant (reference: 1e-6)")
+    weight_decay: float = Field(0.01, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    clip_epsilon: float = Field(0.2, gt=0, description="PPO clip range, both sides (reference: 0.2)")
+    beta: float = Field(0.0, ge=0, description="KL coefficient against the initial policy (reference: 0)")
+    loss_type: Literal["dapo", "bnpo"] = Field(
+        "dapo",
+        description="token-mean loss: dapo = over all loss tokens of an update (TRL's normaliser is "
+        "the token count of the whole update); bnpo = per micro-batch, then averaged",
+    )
+    save_steps: int = Field(10, ge=1, description="checkpoint every N rollout steps")
+    save_total_limit: int | None = Field(2, ge=1, description="checkpoints kept (oldest removed)")
+    seed: int = 0
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = all cores")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    gradient_checkpointing: bool = Field(
+        False, description="trade compute for memory in the backward pass (slower on CPU)"
+    )
+    generation_batch_size: int = Field(16, ge=1, description="rows the hf backend decodes at once")
+    logging: RLLoggingConfig = Field(default_factory=RLLoggingConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RLConfig:
+        if self.use_arpo and self.arpo.n != self.num_generations:
+            raise ValueError(
+                f"arpo.n ({self.arpo.n}) must equal num_generations ({self.num_generations}): "
+                "ARPO produces the GRPO group"
+            )
+        sequences = self.questions_per_step * self.num_generations
+        if sequences % (self.mini_batches * self.micro_batch_size):
+            raise ValueError(
+                f"questions_per_step * num_generations ({sequences}) must be divisible by "
+                f"mini_batches * micro_batch_size ({self.mini_batches} * {self.micro_batch_size})"
+            )
+        return self
+
+    @property
+    def sequences_per_step(self) -> int:
+        return self.questions_per_step * self.num_generations
+
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        return self.sequences_per_step // (self.mini_batches * self.micro_batch_size)

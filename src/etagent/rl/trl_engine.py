@@ -1,0 +1,475 @@
+"""``etagent rl`` on one machine: TRL's GRPOTrainer driven by our rollouts and reward.
+
+TRL computes the group-normalised advantages ((r - group mean) / (group std + 1e-4), unbiased
+std), the clipped PPO objective, the token-mean loss (``loss_type="dapo"``: summed over the loss
+tokens of an update and divided by their count), the optional KL term, checkpoints and resume.
+We plug in three things (CPU_NOTES 6.2):
+
+- ``rollout_func``: receives the batch's prompts (each question id repeated ``num_generations``
+  times, consecutively), runs our agent loop with ARPO branching (or independent samples) on the
+  live policy, and returns per trajectory the prompt ids, the completion ids (the whole response,
+  model and tool tokens, plus EOS where the model stopped on its own), the sampler's log-probs,
+  ``env_mask`` (the response mask: tool-output tokens out of the loss) and the trajectories
+  themselves, which TRL hands to the reward function as a keyword argument;
+- the reward function: the ET-Agent reward of each trajectory within its question's group (TRL
+  calls it once for the whole batch, laid out as consecutive groups, and normalises advantages per
+  consecutive group of ``num_generations``: the same groups);
+- a callback writing one JSONL line per optimizer step.
+
+Where TRL's contract does not fit:
+- the prompt column holds question ids, not chat messages: the agent loop renders its own prompt
+  (system tool prompt, few-shot examples), and TRL never tokenises prompts on the rollout_func
+  path; the ids map back to our Question records;
+- the sampler's log-probs are only used by TRL for vLLM importance sampling; with one update per
+  step TRL takes the old log-probs from the trainer's own forward pass (the same model in eval
+  mode: our hf backend returns log-probs of the model's raw distribution);
+- ``num_generations`` trajectories per question are always returned (ARPO keeps the first n in
+  creation order), so variable group sizes are never needed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from etagent.backends.base import Generator
+from etagent.io import JsonlAppender, atomic_write_json, atomic_write_jsonl, build_dir_atomically, iter_jsonl
+from etagent.protocol import tags
+from etagent.records import Question, Trajectory
+from etagent.rl.config import RLConfig
+from etagent.rl.samples import PolicyRollout, reward_metrics, score_groups, split_groups, to_policy_sample
+from etagent.tools.base import Tool
+
+log = logging.getLogger("etagent.rl")
+
+TRAIN_LOG = "train_log.jsonl"
+CHECKPOINTS = "checkpoints"
+MODEL_DIR = "model"
+SUMMARY = "rl_summary.json"
+
+#: our name in train_log.jsonl <- the name in TRL's logs
+TRL_KEYS = {
+    "reward": "reward",
+    "reward_std": "reward_std",
+    "entropy": "entropy",
+    "kl": "kl",
+    "clip_fraction": "clip_ratio/region_mean",
+    "loss": "loss",
+    "grad_norm": "grad_norm",
+    "learning_rate": "learning_rate",
+    "frac_reward_zero_std": "frac_reward_zero_std",
+}
+#: metrics the reward function reports through TRL's ``log_metric``
+OWN_KEYS = (
+    "correctness",
+    "tool_calls",
+    "length",
+    "format_ok",
+    "branching_rate",
+    "branched_fraction",
+    "branch_entropy",
+    "sampled_entropy_estimate",
+    "generated_tokens",
+    "rollout_seconds",
+    "rollout_rounds",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# rollout_func and reward function
+
+
+class RolloutFunc:
+    """TRL's ``rollout_func(prompts, trainer) -> dict`` over a :class:`PolicyRollout`."""
+
+    def __init__(
+        self,
+        cfg: RLConfig,
+        questions: dict[str, Question],
+        make_rollout: Callable[[Any], PolicyRollout],
+        eos_id: int,
+    ):
+        self.cfg = cfg
+        self.questions = questions
+        self.make_rollout = make_rollout  # trainer -> PolicyRollout, built on first use
+        self.eos_id = eos_id
+        self.rollout: PolicyRollout | None = None
+        self.__name__ = "etagent_rollout"
+
+    def __call__(self, prompts: list[str], trainer: Any) -> dict[str, Any]:
+        g = self.cfg.num_generations
+        groups = split_groups(prompts, g)
+        for group in groups:
+            if len(set(group)) != 1:
+                raise ValueError(f"expected each question id repeated {g} times consecutively, got {group}")
+        questions = [self.questions[group[0]] for group in groups]
+        if self.rollout is None:
+            self.rollout = self.make_rollout(trainer)
+        step = rollout_step(trainer.state.global_step, self.cfg)
+        trajs, stats = self.rollout.run(questions, seed=self.cfg.seed * 1_000_003 + step)
+        samples = [to_policy_sample(t, self.eos_id) for t in trajs]
+        return {
+            "prompt_ids": [s.prompt_ids for s in samples],
+            "completion_ids": [s.completion_ids for s in samples],
+            "logprobs": [s.logprobs for s in samples],
+            "env_mask": [s.env_mask for s in samples],
+            "trajectory": trajs,
+            # not a list: TRL gives every row the same value
+            "rollout_stats": {**stats, "step": step},
+        }
+
+
+def rollout_step(global_step: int, cfg: RLConfig) -> int:
+    """1-based rollout step of the optimizer step about to run (``mini_batches`` updates per rollout)."""
+    return global_step // cfg.mini_batches + 1
+
+
+def make_reward_func(cfg: RLConfig, tool_tags: tuple[str, ...]) -> Callable[..., list[float]]:
+    def et_reward(
+        prompts: list[str],
+        completions: list[Any],
+        trajectory: list[Trajectory],
+        rollout_stats: list[dict[str, Any]],
+        trainer_state: Any,
+        log_metric: Callable[[str, float], None],
+        **_: Any,
+    ) -> list[float]:
+        step = rollout_step(trainer_state.global_step, cfg)
+        parts = score_groups(
+            trajectory, cfg.num_generations, cfg.reward, min(step, cfg.max_steps), cfg.max_steps, tool_tags
+        )
+        for name, value in reward_metrics(parts).items():
+            log_metric(name, value)
+        stats = rollout_stats[0]
+        log_metric("branching_rate", float(stats.get("branching_rate", 0.0)))
+        log_metric("branched_fraction", float(stats.get("branched_fraction", 0.0)))
+        log_metric("generated_tokens", float(stats.get("generated_tokens", 0)))
+        log_metric("rollout_seconds", float(stats.get("time_s", 0.0)))
+        if "rounds" in stats:
+            log_metric("rollout_rounds", float(stats["rounds"]))
+        if "mean_entropy" in stats:
+            log_metric("branch_entropy", float(stats["mean_entropy"]))
+            log_metric("sampled_entropy_estimate", float(stats["entropy_method"] != "top_k"))
+        return [p.score for p in parts]
+
+    return et_reward
+
+
+# ---------------------------------------------------------------------------------------------
+# the per-step log
+
+
+def _trainer_callback_base() -> type:
+    from transformers import TrainerCallback
+
+    return TrainerCallback
+
+
+class JsonlLog:
+    """Appends one line per optimizer step to ``train_log.jsonl``: our names first, then every
+    other number TRL logged under its own name."""
+
+    def __init__(self, path: Path, cfg: RLConfig):
+        self.path = path
+        self.cfg = cfg
+        self._last = time.perf_counter()
+        self._writer: JsonlAppender | None = None
+
+    def keep_until(self, step: int) -> None:
+        """Drop lines past ``step`` (a run resumed from an earlier checkpoint redoes them)."""
+        if not self.path.exists():
+            return
+        kept = [obj for _, obj in iter_jsonl(self.path) if obj.get("step", 0) <= step]
+        atomic_write_jsonl(self.path, kept)
+
+    def restart_clock(self) -> None:
+        self._last = time.perf_counter()
+
+    def record(self, step: int, logs: dict[str, Any]) -> dict[str, Any]:
+        now = time.perf_counter()
+        rec: dict[str, Any] = {"step": step, "rollout_step": (step - 1) // self.cfg.mini_batches + 1}
+        for ours, theirs in TRL_KEYS.items():
+            rec[ours] = _number(logs.get(theirs))
+        for key in OWN_KEYS:
+            rec[key] = _number(logs.get(key))
+        rec["step_seconds"] = now - self._last
+        self._last = now
+        for key, value in logs.items():
+            if key not in rec and key not in TRL_KEYS.values() and isinstance(value, int | float):
+                rec[key] = _number(value)
+        if self._writer is None:
+            self._writer = JsonlAppender(self.path)
+        self._writer.write_group([rec])
+        return rec
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def _number(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None if value is None else float(value)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(value) else value
+
+
+def _jsonl_callback(writer: JsonlLog) -> Any:
+    base = _trainer_callback_base()
+
+    class _Callback(base):  # type: ignore[misc, valid-type]
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any):
+            if logs and "loss" in logs and "train_runtime" not in logs:
+                rec = writer.record(state.global_step, logs)
+                log.info(
+                    "step %d: reward %.3f correctness %.3f tool calls %.2f (%.1f s)",
+                    rec["step"],
+                    rec["reward"] if rec["reward"] is not None else float("nan"),
+                    rec["correctness"] if rec["correctness"] is not None else float("nan"),
+                    rec["tool_calls"] if rec["tool_calls"] is not None else float("nan"),
+                    rec["step_seconds"],
+                )
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any):
+            writer.restart_clock()
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any):
+            writer.close()
+
+    return _Callback()
+
+
+# ---------------------------------------------------------------------------------------------
+# building the trainer
+
+
+def report_to(cfg: RLConfig) -> list[str]:
+    """Dashboards to log to besides the JSONL file."""
+    import importlib.util
+
+    choice = cfg.logging.report_to
+    if choice == "none":
+        return []
+    if choice != "auto":
+        if importlib.util.find_spec(choice) is None:
+            raise ValueError(f"logging.report_to={choice} but the {choice} package is not installed")
+        return [choice]
+    out = []
+    if importlib.util.find_spec("tensorboard") is not None:
+        out.append("tensorboard")
+    if importlib.util.find_spec("wandb") is not None and (
+        os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE")
+    ):
+        out.append("wandb")
+    return out
+
+
+def grpo_args(cfg: RLConfig, run_dir: Path, use_cpu: bool, bf16: bool) -> Any:
+    from trl import GRPOConfig
+
+    u = cfg.mini_batches
+    return GRPOConfig(
+        output_dir=str(run_dir / CHECKPOINTS),
+        use_cpu=use_cpu,
+        bf16=bf16,  # False on CPU: TRL's default bf16 is 7x slower there (CPU_NOTES 6.1)
+        report_to=report_to(cfg),
+        logging_steps=1,
+        max_steps=cfg.max_steps * u,
+        save_strategy="steps",
+        save_steps=cfg.save_steps * u,
+        save_total_limit=cfg.save_total_limit,
+        seed=cfg.seed,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        per_device_train_batch_size=cfg.micro_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        steps_per_generation=cfg.gradient_accumulation_steps * u,
+        num_iterations=1,
+        num_generations=cfg.num_generations,
+        max_completion_length=cfg.budget.max_response_tokens + 1,
+        epsilon=cfg.clip_epsilon,
+        beta=cfg.beta,
+        loss_type=cfg.loss_type,
+        scale_rewards="group",
+        mask_truncated_completions=False,
+        activation_checkpointing=cfg.gradient_checkpointing,
+        use_vllm=False,
+        log_completions=False,
+        disable_tqdm=False,
+        dataloader_num_workers=0,
+    )
+
+
+def _load_policy(cfg: RLConfig) -> tuple[Any, Any, bool]:
+    """(model, tokenizer, on GPU) with the thread count set."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from etagent.backends.hf import available_cores
+    from etagent.backends.model_store import load_tokenizer, resolve_model
+
+    torch.set_num_threads(cfg.threads or available_cores())
+    cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    dtype = torch.bfloat16 if cuda else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(str(resolve_model(cfg.model)), dtype=dtype)
+    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer, cuda
+
+
+def build_trainer(
+    cfg: RLConfig,
+    run_dir: Path,
+    *,
+    questions: list[Question] | None = None,
+    generator: Generator | None = None,
+    tools: dict[str, Tool] | None = None,
+) -> tuple[Any, JsonlLog]:
+    """The GRPOTrainer for ``cfg``, and its step log.
+
+    ``generator`` replaces the live policy as the rollout's sampler (tests; off-policy data),
+    ``tools`` the tools built from ``cfg.tools``, ``questions`` those loaded from ``cfg.data``.
+    """
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    from datasets import Dataset
+    from trl import GRPOTrainer
+
+    from etagent.backends.hf import HFGenerator
+    from etagent.data.loader import load_questions
+    from etagent.rollout.few_shot import expert_few_shot
+    from etagent.rollout.loop import AgentLoop
+    from etagent.tools.config import build_tools
+
+    if questions is None:
+        questions = load_questions(cfg.data, limit=cfg.limit)
+    by_id: dict[str, Question] = {}
+    for q in questions:
+        if q.id in by_id:
+            raise ValueError(f"{cfg.data}: question id {q.id!r} appears twice")
+        by_id[q.id] = q
+    if len(by_id) < cfg.questions_per_step:
+        raise ValueError(
+            f"{cfg.data}: {len(by_id)} questions, fewer than questions_per_step={cfg.questions_per_step}"
+        )
+    model, tokenizer, cuda = _load_policy(cfg)
+    tools = tools if tools is not None else build_tools(cfg.tools)
+    tokenizer_name = cfg.tokenizer or cfg.model
+    few_shot = expert_few_shot(cfg.few_shot, cfg.tools, tokenizer_name) if cfg.few_shot else []
+    sampling = cfg.sampling
+    if sampling.seed is not None:
+        log.warning(
+            "sampling.seed is set: every generate call restarts the same random stream; leave it "
+            "unset for RL (the trainer seeds torch from cfg.seed and restores its state on resume)"
+        )
+    if cfg.use_arpo and sampling.logprobs < cfg.arpo.top_k_logprobs:
+        sampling = sampling.model_copy(update={"logprobs": cfg.arpo.top_k_logprobs})
+
+    def make_rollout(trainer: Any) -> PolicyRollout:
+        gen = generator or HFGenerator(
+            trainer.model, tokenizer, batch_size=cfg.generation_batch_size, name=f"policy:{cfg.model}"
+        )
+        loop = AgentLoop(
+            gen,
+            tools,
+            budget=cfg.budget,
+            sampling=sampling,
+            system_prompt=tags.render_system_prompt([t.spec for t in tools.values()]),
+            few_shot=few_shot,
+            max_active=cfg.sequences_per_step,
+        )
+        return PolicyRollout(loop, cfg.num_generations, cfg.arpo if cfg.use_arpo else None)
+
+    rollout_func = RolloutFunc(cfg, by_id, make_rollout, eos_id=tokenizer.eos_token_id)
+    writer = JsonlLog(run_dir / TRAIN_LOG, cfg)
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[make_reward_func(cfg, tuple(tools))],
+        args=grpo_args(cfg, run_dir, use_cpu=not cuda, bf16=cuda),
+        train_dataset=Dataset.from_list([{"prompt": q.id} for q in by_id.values()]),
+        processing_class=tokenizer,
+        rollout_func=rollout_func,
+        callbacks=[_jsonl_callback(writer)],
+    )
+    return trainer, writer
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder = run_dir / CHECKPOINTS
+    if not folder.is_dir():
+        return None
+    found = get_last_checkpoint(str(folder))
+    return Path(found) if found else None
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.name.rsplit("-", 1)[1])
+
+
+def run_rl(
+    cfg: RLConfig,
+    run_dir: Path,
+    *,
+    questions: list[Question] | None = None,
+    generator: Generator | None = None,
+    tools: dict[str, Tool] | None = None,
+) -> dict[str, Any]:
+    """Train, resuming from the last checkpoint in ``run_dir``; write ``<run_dir>/model``."""
+    from etagent.tools.config import build_tools
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    own_tools = tools is None
+    tools = build_tools(cfg.tools) if tools is None else tools
+    try:
+        trainer, writer = build_trainer(cfg, run_dir, questions=questions, generator=generator, tools=tools)
+        resume = last_checkpoint(run_dir)
+        writer.keep_until(checkpoint_step(resume) if resume else 0)
+        if resume:
+            log.info("rl: resuming from %s", resume)
+        t0 = time.perf_counter()
+        try:
+            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        finally:
+            writer.close()
+            if trainer.rollout_func.rollout is not None:
+                trainer.rollout_func.rollout.loop.close()
+        elapsed = time.perf_counter() - t0
+    finally:
+        if own_tools:
+            for tool in tools.values():
+                tool.close()
+
+    def save(tmp: Path) -> None:
+        trainer.save_model(str(tmp))
+
+    model_dir = run_dir / MODEL_DIR
+    build_dir_atomically(model_dir, save, lambda p: False)
+    records = [obj for _, obj in iter_jsonl(run_dir / TRAIN_LOG)] if (run_dir / TRAIN_LOG).exists() else []
+    step_times = [r["step_seconds"] for r in records if r.get("step_seconds") is not None]
+    summary = {
+        "steps": trainer.state.global_step // cfg.mini_batches,
+        "optimizer_steps": trainer.state.global_step,
+        "resumed_from": str(resume) if resume else None,
+        "train_seconds": elapsed,
+        "seconds_per_step": sum(step_times) / len(step_times) if step_times else None,
+        "model": str(model_dir),
+        "train_log": str(run_dir / TRAIN_LOG),
+        "last": records[-1] if records else None,
+    }
+    atomic_write_json(run_dir / SUMMARY, summary)
+    return summary

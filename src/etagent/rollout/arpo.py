@@ -1,0 +1,369 @@
+"""ARPO: entropy-driven branching rollouts (METHOD 6.2), independent of any training engine.
+
+For each question, ``initial_rollouts`` trajectories start from the prompt. All live branches of
+all questions then advance in lockstep, one segment per round, through the agent loop (one
+batched generate call per round, tools run concurrently). After a round, every branch that just
+received a tool result may spawn ``beam_size - 1`` new branches: a copy of its state right after
+the tool result, which re-samples from there. A branch is made when
+
+    clip(U(0, 1) - entropy_weight * dH, 0, 1) <= branch_probability,   dH = H(segment) - H_init
+
+i.e. with probability about ``branch_probability + entropy_weight * dH``: the more uncertain the
+model was in the segment it just wrote (relative to the start of its answer), the more likely it
+branches. A question whose branches have all finished gets a fresh rollout from the prompt (one
+per round, as in the reference; ``refill="unclaimed"`` starts them sooner). This goes on until every question has ``n`` trajectories; the first
+``n`` in creation order are kept.
+
+Entropy of a segment (the reference's definition): over its first ``entropy_tokens`` tokens, the
+sum of ``-p log p`` over each position's top-k alternatives (plus the sampled token when it is
+outside them), divided by ``ln |V|``. When the backend returns no top-k log-probs, the sampled
+token's ``-log p`` is used per position instead: an unbiased one-sample estimate of the same
+entropy, noisier; the result says which estimate was used (``entropy_method``) and a warning is
+logged. Without any log-probs the entropy is 0 and branching falls back to ``branch_probability``.
+
+Differences from the reference, on purpose:
+- ``H_init`` is per question and computed afresh on every call: the mean entropy of the initial
+  rollouts' first segments (the reference keeps a dictionary keyed by branch index that is never
+  reset, so from the second training step on it compares with stale values: METHOD 9.3).
+- A branch is only made right after a tool result (the reference also copies branches that were
+  cut by the per-call token limit, mid-segment).
+
+Every trajectory records its lineage in ``meta["arpo"]``: its branch id (creation order within the
+question), parent id and branch point (the response-token index where it starts to differ from
+its parent; ``None`` for rollouts from the prompt), the round it was made in, and every branching
+decision taken on it (entropy, dH, the uniform draw, whether it branched, the child's id).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from etagent.config import ConfigModel
+from etagent.protocol import tags
+from etagent.records import Question, Trajectory
+from etagent.rollout.loop import AgentLoop, _State
+
+log = logging.getLogger("etagent.arpo")
+
+EntropyMethod = Literal["top_k", "sampled", "none"]
+
+
+class ArpoConfig(ConfigModel):
+    """The ARPO rollout's settings (METHOD 6.1/6.2; defaults are the reference's)."""
+
+    n: int = Field(16, ge=1, description="trajectories per question")
+    initial_rollouts: int = Field(8, ge=1, description="rollouts started from the prompt at the beginning")
+    beam_size: int = Field(
+        2, ge=1, description="each branch may spawn beam_size - 1 new branches per round (1: no branching)"
+    )
+    branch_probability: float = Field(0.5, ge=0, le=1, description="branching threshold tau")
+    entropy_weight: float = Field(0.2, ge=0, description="weight w of the entropy change dH")
+    entropy_tokens: int = Field(20, ge=1, description="segment tokens whose entropy is measured")
+    top_k_logprobs: int = Field(
+        10, ge=0, description="top-k log-probs the backend is asked for (0: sampled-token estimate)"
+    )
+    refill: Literal["idle", "unclaimed"] = Field(
+        "idle",
+        description="when fresh rollouts start from the prompt: idle = one per round for a question "
+        "with no live branch (reference); unclaimed = every round, as many as the question's open "
+        "slots exceed what its live branches could still claim by branching in the next round "
+        "(beam_size - 1 each): far fewer rounds when few branches are made (small or CPU runs)",
+    )
+
+    @model_validator(mode="after")
+    def _initial_within_n(self) -> ArpoConfig:
+        if self.initial_rollouts > self.n:
+            raise ValueError(f"initial_rollouts ({self.initial_rollouts}) must not exceed n ({self.n})")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Entropy
+
+
+def position_entropy(
+    top: dict[int, float], token_id: int | None = None, logprob: float | None = None
+) -> float:
+    """``-sum p log p`` over one position's top-k alternatives, plus the sampled token when it is
+    not among them (as vLLM returns it)."""
+    entries = dict(top)
+    if token_id is not None and logprob is not None and token_id not in entries:
+        entries[token_id] = logprob
+    return -sum(math.exp(lp) * lp for lp in entries.values() if lp > -math.inf)
+
+
+def segment_entropy(
+    token_ids: Sequence[int],
+    logprobs: Sequence[float | None] | None,
+    top_logprobs: Sequence[dict[int, float]] | None,
+    vocab_size: int,
+    max_tokens: int = 20,
+) -> tuple[float, EntropyMethod]:
+    """Entropy of the first ``max_tokens`` tokens of a segment, normalised by ``ln vocab_size``.
+
+    Summed over positions like the reference (so that ``entropy_weight = 0.2`` keeps its scale).
+    Uses the top-k log-probs when there are any, else the sampled tokens' ``-log p``; positions
+    without a log-prob (tokens re-encoded at a stop string) are skipped.
+    """
+    n = min(max_tokens, len(token_ids))
+    scale = math.log(vocab_size)
+    if top_logprobs is not None and any(top_logprobs[:n]):
+        total = 0.0
+        for i in range(n):
+            if top_logprobs[i]:
+                lp = logprobs[i] if logprobs is not None else None
+                total += position_entropy(top_logprobs[i], token_ids[i], lp)
+        return total / scale, "top_k"
+    if logprobs is not None and any(lp is not None for lp in logprobs[:n]):
+        return sum(-lp for lp in logprobs[:n] if lp is not None) / scale, "sampled"
+    return 0.0, "none"
+
+
+def _model_tokens(traj: Trajectory) -> tuple[list[int], list[float | None], list[dict[int, float]] | None]:
+    """The model-written tokens of a trajectory in order, with their log-probs and top-k."""
+    ids: list[int] = []
+    lps: list[float | None] = []
+    tops: list[dict[int, float]] | None = []
+    for seg in traj.segments:
+        if seg.role != "model":
+            continue
+        ids += seg.token_ids
+        lps += seg.logprobs if seg.logprobs is not None else [None] * len(seg.token_ids)
+        if tops is not None:
+            tops = tops + seg.top_logprobs if seg.top_logprobs is not None else None
+    return ids, lps, tops
+
+
+# ---------------------------------------------------------------------------------------------
+# Branch bookkeeping
+
+
+@dataclass
+class _Branch:
+    state: _State
+    question: int  # index of the question in the call
+    branch_id: int  # creation order within the question
+    parent_id: int | None = None
+    branch_point: int | None = None  # response-token index where it leaves its parent
+    round_created: int = 0
+    initial: bool = False
+    last_entropy: float = 0.0
+    first_entropy: float | None = None
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def traj(self) -> Trajectory:
+        return self.state.traj
+
+
+@dataclass
+class _Question:
+    question: Question
+    branches: list[_Branch] = field(default_factory=list)
+    h_init: float | None = None
+
+
+@dataclass
+class ArpoResult:
+    """Trajectories of one call (``n`` per question, grouped by question in input order) and its statistics."""
+
+    trajectories: list[Trajectory]
+    stats: dict[str, Any]
+
+    @property
+    def entropy_method(self) -> EntropyMethod:
+        return self.stats["entropy_method"]
+
+
+class ArpoRollout:
+    """ARPO branching over an :class:`AgentLoop`. One instance serves many calls; nothing carries over
+    between calls (``H_init`` included)."""
+
+    def __init__(self, loop: AgentLoop, cfg: ArpoConfig | None = None):
+        self.loop = loop
+        self.cfg = cfg or ArpoConfig()
+        self.vocab_size = len(loop.tokenizer)
+        self._warned_sampled = False
+
+    # -- the loop's state, in one place ----------------------------------------------------------
+
+    def _start(self, question: Question, sample_index: int) -> _State:
+        return _State(self.loop.new_trajectory(question, sample_index))
+
+    @staticmethod
+    def _fork(state: _State) -> _State:
+        """A copy of a trajectory in flight, from which sampling continues independently."""
+        return _State(
+            traj=state.traj.model_copy(deep=True),
+            calls_by_tool=dict(state.calls_by_tool),
+            final_turn=state.final_turn,
+            stopped=state.stopped,
+        )
+
+    def _step(self, states: list[_State]) -> list[_State]:
+        """One segment for every state plus the tool calls it asks for; returns those still live."""
+        return self.loop._turn(states)
+
+    # -- the rollout -------------------------------------------------------------------------------
+
+    def run(self, questions: Sequence[Question], seed: int = 0) -> ArpoResult:
+        """``cfg.n`` trajectories for every question; ``seed`` drives the branching decisions."""
+        cfg = self.cfg
+        rng = random.Random(seed)
+        t0 = time.perf_counter()
+        qs = [_Question(q) for q in questions]
+        active: list[_Branch] = []
+        for qi, q in enumerate(qs):
+            for _ in range(cfg.initial_rollouts):
+                active.append(self._new_branch(q, qi, initial=True, round_created=0))
+        methods: set[str] = set()
+        entropies: list[float] = []
+        decisions = branches_made = fresh_made = generated = 0
+        rounds = 0
+        while active:
+            rounds += 1
+            before = [b.traj.num_model_tokens for b in active]
+            live = {id(s) for s in self._step([b.state for b in active])}
+            # entropy of what each branch wrote this round
+            for b, start in zip(active, before, strict=True):
+                ids, lps, tops = _model_tokens(b.traj)
+                generated += len(ids) - start
+                h, method = segment_entropy(
+                    ids[start:],
+                    lps[start:],
+                    tops[start:] if tops is not None else None,
+                    self.vocab_size,
+                    cfg.entropy_tokens,
+                )
+                b.last_entropy = h
+                if b.first_entropy is None:
+                    b.first_entropy = h
+                if len(ids) > start:
+                    methods.add(method)
+                    entropies.append(h)
+            for q in qs:  # H_init: mean over the initial rollouts' first segments, this call only
+                if q.h_init is None:
+                    firsts = [
+                        b.first_entropy for b in q.branches if b.initial and b.first_entropy is not None
+                    ]
+                    q.h_init = sum(firsts) / len(firsts) if firsts else 0.0
+            for b in active:
+                if id(b.state) not in live:
+                    self._finish(b)
+            survivors = [b for b in active if id(b.state) in live]
+            # branching, question by question, branches in creation order
+            children: list[_Branch] = []
+            for qi, q in enumerate(qs):
+                for b in [s for s in survivors if s.question == qi]:
+                    if not (b.traj.segments and b.traj.segments[-1].role == "tool"):
+                        continue  # only right after a tool result
+                    for _ in range(min(cfg.beam_size - 1, cfg.n - len(q.branches))):
+                        assert q.h_init is not None
+                        dh = b.last_entropy - q.h_init
+                        u = rng.random()
+                        p = min(1.0, max(0.0, u - cfg.entropy_weight * dh))
+                        branched = p <= cfg.branch_probability
+                        decisions += 1
+                        record: dict[str, Any] = {
+                            "round": rounds,
+                            "entropy": b.last_entropy,
+                            "delta_h": dh,
+                            "u": u,
+                            "branched": branched,
+                            "child_id": None,
+                        }
+                        if branched:
+                            child = _Branch(
+                                state=self._fork(b.state),
+                                question=qi,
+                                branch_id=len(q.branches),
+                                parent_id=b.branch_id,
+                                branch_point=len(b.traj.response_ids),
+                                round_created=rounds,
+                                last_entropy=b.last_entropy,
+                            )
+                            q.branches.append(child)
+                            children.append(child)
+                            record["child_id"] = child.branch_id
+                            branches_made += 1
+                        b.decisions.append(record)
+            # fresh rollouts from the prompt for slots no branch can claim (see ArpoConfig.refill)
+            fresh: list[_Branch] = []
+            for qi, q in enumerate(qs):
+                live = sum(b.question == qi for b in survivors + children)
+                open_slots = cfg.n - len(q.branches)
+                if cfg.refill == "idle":
+                    k = min(1, open_slots) if live == 0 else 0
+                else:
+                    k = max(0, open_slots - live * (cfg.beam_size - 1))
+                for _ in range(k):
+                    fresh.append(self._new_branch(q, qi, initial=False, round_created=rounds))
+                    fresh_made += 1
+            active = sorted(survivors + children + fresh, key=lambda b: (b.question, b.branch_id))
+
+        method: EntropyMethod = (
+            "top_k" if methods == {"top_k"} else "sampled" if "sampled" in methods else "none"
+        )
+        if method != "top_k" and not self._warned_sampled:
+            log.warning(
+                "ARPO: the backend returned no top-k log-probs; branching uses the %s entropy estimate",
+                "sampled-token" if method == "sampled" else "constant (no log-probs at all)",
+            )
+            self._warned_sampled = True
+        out: list[Trajectory] = []
+        for q in qs:
+            kept = q.branches[: cfg.n]
+            assert len(kept) == cfg.n, "every question ends with n branches"
+            for k, b in enumerate(kept):
+                b.traj.sample_index = k
+                b.traj.meta["arpo"] = {
+                    "branch_id": b.branch_id,
+                    "parent_id": b.parent_id,
+                    "branch_point": b.branch_point,
+                    "round_created": b.round_created,
+                    "initial": b.initial,
+                    "h_init": q.h_init,
+                    "entropy_method": method,
+                    "decisions": b.decisions,
+                }
+                out.append(b.traj)
+        stats = {
+            "questions": len(qs),
+            "trajectories": len(out),
+            "rounds": rounds,
+            "branches": branches_made,
+            "fresh_rollouts": fresh_made,
+            "decisions": decisions,
+            "branching_rate": branches_made / decisions if decisions else 0.0,
+            "branched_fraction": branches_made / len(out) if out else 0.0,
+            "mean_entropy": sum(entropies) / len(entropies) if entropies else 0.0,
+            "entropy_method": method,
+            "generated_tokens": generated,
+            "time_s": time.perf_counter() - t0,
+        }
+        return ArpoResult(out, stats)
+
+    def _new_branch(self, q: _Question, qi: int, initial: bool, round_created: int) -> _Branch:
+        b = _Branch(
+            state=self._start(q.question, len(q.branches)),
+            question=qi,
+            branch_id=len(q.branches),
+            round_created=round_created,
+            initial=initial,
+        )
+        q.branches.append(b)
+        return b
+
+    @staticmethod
+    def _finish(b: _Branch) -> None:
+        traj = b.traj
+        traj.timings["total_s"] = time.perf_counter() - b.state.started
+        traj.prediction = tags.extract_answer(traj.response_text)
