@@ -47,9 +47,8 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from etagent.config import ConfigModel
-from etagent.protocol import tags
 from etagent.records import Question, Trajectory
-from etagent.rollout.loop import AgentLoop, _State
+from etagent.rollout.loop import AgentLoop, LoopState
 
 log = logging.getLogger("etagent.arpo")
 
@@ -148,7 +147,7 @@ def _model_tokens(traj: Trajectory) -> tuple[list[int], list[float | None], list
 
 @dataclass
 class _Branch:
-    state: _State
+    state: LoopState
     question: int  # index of the question in the call
     branch_id: int  # creation order within the question
     parent_id: int | None = None
@@ -193,25 +192,6 @@ class ArpoRollout:
         self.vocab_size = len(loop.tokenizer)
         self._warned_sampled = False
 
-    # -- the loop's state, in one place ----------------------------------------------------------
-
-    def _start(self, question: Question, sample_index: int) -> _State:
-        return _State(self.loop.new_trajectory(question, sample_index))
-
-    @staticmethod
-    def _fork(state: _State) -> _State:
-        """A copy of a trajectory in flight, from which sampling continues independently."""
-        return _State(
-            traj=state.traj.model_copy(deep=True),
-            calls_by_tool=dict(state.calls_by_tool),
-            final_turn=state.final_turn,
-            stopped=state.stopped,
-        )
-
-    def _step(self, states: list[_State]) -> list[_State]:
-        """One segment for every state plus the tool calls it asks for; returns those still live."""
-        return self.loop._turn(states)
-
     # -- the rollout -------------------------------------------------------------------------------
 
     def run(self, questions: Sequence[Question], seed: int = 0) -> ArpoResult:
@@ -231,7 +211,7 @@ class ArpoRollout:
         while active:
             rounds += 1
             before = [b.traj.num_model_tokens for b in active]
-            live = {id(s) for s in self._step([b.state for b in active])}
+            live = {id(s) for s in self.loop.step([b.state for b in active])}
             # entropy of what each branch wrote this round
             for b, start in zip(active, before, strict=True):
                 ids, lps, tops = _model_tokens(b.traj)
@@ -257,7 +237,7 @@ class ArpoRollout:
                     q.h_init = sum(firsts) / len(firsts) if firsts else 0.0
             for b in active:
                 if id(b.state) not in live:
-                    self._finish(b)
+                    AgentLoop.finish(b.state)
             survivors = [b for b in active if id(b.state) in live]
             # branching, question by question, branches in creation order
             children: list[_Branch] = []
@@ -282,7 +262,7 @@ class ArpoRollout:
                         }
                         if branched:
                             child = _Branch(
-                                state=self._fork(b.state),
+                                state=b.state.fork(),
                                 question=qi,
                                 branch_id=len(q.branches),
                                 parent_id=b.branch_id,
@@ -353,7 +333,7 @@ class ArpoRollout:
 
     def _new_branch(self, q: _Question, qi: int, initial: bool, round_created: int) -> _Branch:
         b = _Branch(
-            state=self._start(q.question, len(q.branches)),
+            state=self.loop.start(q.question, len(q.branches)),
             question=qi,
             branch_id=len(q.branches),
             round_created=round_created,
@@ -361,9 +341,3 @@ class ArpoRollout:
         )
         q.branches.append(b)
         return b
-
-    @staticmethod
-    def _finish(b: _Branch) -> None:
-        traj = b.traj
-        traj.timings["total_s"] = time.perf_counter() - b.state.started
-        traj.prediction = tags.extract_answer(traj.response_text)

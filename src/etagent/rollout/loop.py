@@ -61,8 +61,8 @@ class SamplingConfig(ConfigModel):
 
 
 @dataclass
-class _State:
-    """One trajectory in flight."""
+class LoopState:
+    """One trajectory in flight (see :meth:`AgentLoop.start`, :meth:`AgentLoop.step`)."""
 
     traj: Trajectory
     calls_by_tool: dict[str, int] = field(default_factory=dict)
@@ -77,10 +77,19 @@ class _State:
     def ids(self) -> list[int]:
         return self.traj.prompt_ids + self.traj.response_ids
 
+    def fork(self) -> LoopState:
+        """A copy of this trajectory in flight, from which sampling continues independently."""
+        return LoopState(
+            traj=self.traj.model_copy(deep=True),
+            calls_by_tool=dict(self.calls_by_tool),
+            final_turn=self.final_turn,
+            stopped=self.stopped,
+        )
+
 
 @dataclass
 class _PendingTool:
-    state: _State
+    state: LoopState
     tool: str
     content: str
     status_override: str | None = None  # budget / unknown tool: no execution
@@ -147,6 +156,17 @@ class AgentLoop:
 
     # -- the loop ------------------------------------------------------------------------------
 
+    def start(self, question: Question, sample_index: int) -> LoopState:
+        """A new trajectory in flight; :meth:`step` advances a batch of them one turn."""
+        return LoopState(self.new_trajectory(question, sample_index))
+
+    @staticmethod
+    def finish(state: LoopState) -> Trajectory:
+        """Close a trajectory that :meth:`step` no longer returns: timing and prediction."""
+        state.traj.timings["total_s"] = time.perf_counter() - state.started
+        state.traj.prediction = tags.extract_answer(state.traj.response_text)
+        return state.traj
+
     def run(self, questions: list[Question], n: int = 1) -> list[Trajectory]:
         """All trajectories, grouped by question in input order."""
         done: dict[str, list[Trajectory]] = {}
@@ -159,7 +179,7 @@ class AgentLoop:
     ) -> Iterator[tuple[str, list[Trajectory]]]:
         """Yield (question id, its n trajectories) as soon as each question is finished."""
         queue = iter(questions)
-        active: list[_State] = []
+        active: list[LoopState] = []
         finished: dict[str, list[Trajectory]] = {}
         exhausted = False
         while True:
@@ -169,16 +189,15 @@ class AgentLoop:
                     exhausted = True
                     break
                 finished[q.id] = []
-                active += [_State(self.new_trajectory(q, k)) for k in range(n)]
+                active += [self.start(q, k) for k in range(n)]
             if not active:
                 return
-            still_active = self._turn(active)
+            still_active = self.step(active)
             if on_turn is not None:
                 on_turn(len(active))
             for s in active:
                 if s not in still_active:
-                    s.traj.timings["total_s"] = time.perf_counter() - s.started
-                    s.traj.prediction = tags.extract_answer(s.traj.response_text)
+                    self.finish(s)
                     group = finished[s.traj.question_id]
                     group.append(s.traj)
                     if len(group) == n:
@@ -263,32 +282,32 @@ class AgentLoop:
                 p.state.traj.finish_reason = "response_budget"
                 p.state.stopped = True
         queue = deque(s for s in states if not s.stopped)
-        active: list[_State] = []
+        active: list[LoopState] = []
         while queue or active:
             while queue and len(active) < self.max_active:
                 active.append(queue.popleft())
-            active = loop._turn(active)
+            active = loop.step(active)
         elapsed = time.perf_counter() - started
         for s in states:
             s.traj.timings["total_s"] = s.traj.timings.get("total_s", 0.0) + elapsed
             s.traj.prediction = tags.extract_answer(s.traj.response_text)
         return [s.traj for s in states]
 
-    def _resume_state(self, partial: Trajectory) -> _State:
+    def _resume_state(self, partial: Trajectory) -> LoopState:
         traj = partial.model_copy(deep=True)
         traj.finish_reason = "eos"  # a new segment follows (not the continuation of a cut one)
         counted = [c for c in traj.tool_calls if c.status not in ("budget_exceeded", "unknown_tool")]
         calls: dict[str, int] = {}
         for c in counted:
             calls[c.tool] = calls.get(c.tool, 0) + 1
-        s = _State(traj, calls_by_tool=calls)
+        s = LoopState(traj, calls_by_tool=calls)
         if tags.has_final_answer(traj.response_text):
             traj.finish_reason, s.stopped = "answer", True
         elif s.response_len >= self.budget.max_response_tokens:
             traj.finish_reason, s.stopped = "response_budget", True
         return s
 
-    def _call_in_prefix(self, s: _State) -> _PendingTool | None:
+    def _call_in_prefix(self, s: LoopState) -> _PendingTool | None:
         """The tool call a partial ends with (no result after it yet), admitted for execution."""
         if s.stopped or not s.traj.segments or s.traj.segments[-1].role != "model":
             return None
@@ -304,7 +323,7 @@ class AgentLoop:
             seg.logprobs = seg.top_logprobs = None
         return self._admit(s, call.tool, call.content)
 
-    def _params(self, states: list[_State], stops: list[str]) -> SamplingParams:
+    def _params(self, states: list[LoopState], stops: list[str]) -> SamplingParams:
         remaining = max(self.budget.max_response_tokens - s.response_len for s in states)
         sp = self.sampling
         return SamplingParams(
@@ -319,11 +338,11 @@ class AgentLoop:
             seed=sp.seed,
         )
 
-    def _turn(self, active: list[_State]) -> list[_State]:
+    def step(self, active: list[LoopState]) -> list[LoopState]:
         """One generation step for every active trajectory plus the tool calls it asks for."""
         normal = [s for s in active if not s.final_turn]
         final = [s for s in active if s.final_turn]
-        keep: list[_State] = []
+        keep: list[LoopState] = []
         pending: list[_PendingTool] = []
         for states, stops in (
             (normal, tags.stop_strings(self.tool_tags)),
@@ -350,7 +369,7 @@ class AgentLoop:
                 p.state.stopped = True
         return [s for s in keep if not s.stopped]
 
-    def _append_model(self, s: _State, comp: Completion, stops: list[str]) -> Completion:
+    def _append_model(self, s: LoopState, comp: Completion, stops: list[str]) -> Completion:
         """Append a completion to the trajectory; returns it, re-cut if a stop string spans calls."""
         segs = s.traj.segments
         if segs and segs[-1].role == "model" and s.traj.finish_reason == "length":
@@ -386,7 +405,7 @@ class AgentLoop:
             )
         return comp
 
-    def _absorb(self, s: _State, comp: Completion, stops: list[str]) -> _PendingTool | None:
+    def _absorb(self, s: LoopState, comp: Completion, stops: list[str]) -> _PendingTool | None:
         """Append a completion; return the tool call it ends with, or None if the turn ends here."""
         traj = s.traj
         room = self.budget.max_response_tokens - s.response_len
@@ -432,7 +451,7 @@ class AgentLoop:
                 )
         return None
 
-    def _cut_last_segment(self, s: _State, end: int) -> None:
+    def _cut_last_segment(self, s: LoopState, end: int) -> None:
         """Keep the last model segment only up to character ``end``, re-tokenising the cut."""
         seg = s.traj.segments[-1]
         cut_text = seg.text[:end]
@@ -443,7 +462,7 @@ class AgentLoop:
             text, ids, kept = cut_text, self.tokenizer.encode(cut_text, add_special_tokens=False), 0
         _replace_tokens(seg, text, ids, kept)
 
-    def _admit(self, s: _State, tool: str, content: str) -> _PendingTool:
+    def _admit(self, s: LoopState, tool: str, content: str) -> _PendingTool:
         """Check the budgets for a call the model made."""
         used_tool = s.calls_by_tool.get(tool, 0)
         used_total = sum(s.calls_by_tool.values())
