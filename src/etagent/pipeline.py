@@ -118,7 +118,9 @@ class Pipeline:
         def sft_body(d: Path) -> dict[str, Any]:
             files = sft_data if cfg.sft_includes_cold_start else sft_data[:1]
             merged = d / "sft_data.jsonl"
-            atomic_write_jsonl(merged, [obj for f in files for _, obj in iter_jsonl(f)])
+            # ids are unique per export; the stage's name keeps them unique across exports
+            rows = [{**obj, "id": f"{f.parent.name}/{obj['id']}"} for f in files for _, obj in iter_jsonl(f)]
+            atomic_write_jsonl(merged, rows)
             return run_sft(cfg.sft.model_copy(update={"model": policy, "data": str(merged)}), d)
 
         self.stage("04-sft", sft_body)
