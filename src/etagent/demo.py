@@ -38,7 +38,7 @@ def _cold_start() -> FlywheelConfig:
 def _flywheel() -> FlywheelConfig:
     return FlywheelConfig(
         data="toolworld:train",
-        limit=16,
+        limit=12,
         rounds=2,
         budget=_BUDGET,
         continuation_budget=_BUDGET,
@@ -50,13 +50,13 @@ def _pareto() -> ParetoStageConfig:
     return ParetoStageConfig(
         rollout=RolloutConfig(
             data="toolworld:train",
-            limit=24,
+            limit=16,
             n=4,
             budget=_BUDGET,
             sampling=SamplingConfig(temperature=1.0),
             output="groups.jsonl",
         ),
-        selection=ParetoConfig(budget=8),
+        selection=ParetoConfig(budget=6),
     )
 
 
@@ -64,7 +64,7 @@ def _rl() -> RLConfig:
     return RLConfig(
         num_generations=4,
         arpo={"n": 4, "initial_rollouts": 2},
-        questions_per_step=2,
+        questions_per_step=1,
         micro_batch_size=4,
         max_steps=4,
         learning_rate=2e-6,
@@ -74,7 +74,7 @@ def _rl() -> RLConfig:
 
 
 def _eval() -> EvalConfig:
-    return EvalConfig(datasets=[EvalDataset(data="toolworld:dev", limit=32)], budget=_BUDGET)
+    return EvalConfig(datasets=[EvalDataset(data="toolworld:dev", limit=24)], budget=_BUDGET)
 
 
 class DemoConfig(PipelineConfig):
