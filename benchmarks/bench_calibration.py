@@ -1,0 +1,82 @@
+"""The calibration experiment (issue 5): fine-tuned only vs GRPO with sigma 0 vs full ET-Agent.
+
+Starting from one fine-tuned model (e.g. a demo run's ``04-sft/model``), trains two RL policies on
+the same Pareto-selected questions, one with the correctness-only reward (sigma_tool =
+sigma_length = 0, the released scripts) and one with the full ET-Agent reward (0.2 / 0.5), then
+evaluates the three models on the tool world's test split and prints them side by side:
+correctness, Effi, redundant-call and insufficient-call rates, and model tokens. The method
+claims higher Effi and fewer redundant calls at no loss of correctness; this prints what it
+measures. Every stage resumes from ``--out``.
+
+    .venv/bin/python benchmarks/bench_calibration.py --sft runs/demo-.../04-sft/model \\
+        --questions runs/demo-.../05-pareto-1/stages/stage1.jsonl --steps 8 --limit 64
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch (CPU_NOTES 3.3)
+
+import argparse
+import json
+from pathlib import Path
+
+from etagent.demo import DemoConfig
+from etagent.eval.stage import EvalDataset, run_eval
+from etagent.rl.trl_engine import run_rl
+
+ROWS = (
+    ("correctness (F1)", "correctness"),
+    ("Effi", "effi"),
+    ("redundant-call rate", "redundant_call_rate"),
+    ("insufficient-call rate", "insufficient_call_rate"),
+    ("at minimal calls", "at_min_tool_calls"),
+    ("tool calls / trajectory", "mean_tool_calls"),
+    ("model tokens", "reasoning_length"),
+)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sft", required=True, help="the fine-tuned model directory all runs start from")
+    ap.add_argument("--questions", required=True, help="RL questions (a Pareto stage file)")
+    ap.add_argument("--out", default="runs/calibration", help="output directory (resumable)")
+    ap.add_argument("--steps", type=int, default=8, help="RL steps per policy")
+    ap.add_argument("--limit", type=int, default=64, help="test-split questions evaluated")
+    args = ap.parse_args()
+    out = Path(args.out)
+    demo = DemoConfig()
+
+    models = {"fine-tuned only": args.sft}
+    for name, sigma_tool, sigma_length in (("GRPO sigma 0", 0.0, 0.0), ("ET-Agent", 0.2, 0.5)):
+        rl = demo.rl.model_copy(deep=True)
+        rl.model, rl.data, rl.max_steps = args.sft, args.questions, args.steps
+        rl.reward.sigma_tool, rl.reward.sigma_length = sigma_tool, sigma_length
+        run_dir = out / name.replace(" ", "-")
+        if not (run_dir / "model" / "config.json").exists():
+            run_rl(rl, run_dir)
+        models[name] = str(run_dir / "model")
+
+    metrics = {}
+    for name, model in models.items():
+        ev = demo.eval.model_copy(deep=True)
+        ev.datasets = [EvalDataset(data="toolworld:test", limit=args.limit)]
+        ev.backend.model = model
+        eval_dir = out / "eval" / name.replace(" ", "-")
+        done = eval_dir / "metrics.json"
+        metrics[name] = json.loads(done.read_text()) if done.exists() else run_eval(ev, eval_dir)
+
+    width = max(len(n) for n in models) + 2
+    print(f"tool world test split, {args.limit} questions, greedy; RL: {args.steps} steps from {args.sft}")
+    print(f"{'':26}" + "".join(f"{n:>{width}}" for n in models))
+    for label, key in ROWS:
+        cells = []
+        for name in models:
+            value = metrics[name]["datasets"]["toolworld-test"].get(key)
+            cells.append(f"{'-' if value is None else f'{value:.3f}':>{width}}")
+        print(f"{label:26}" + "".join(cells))
+
+
+if __name__ == "__main__":
+    main()
