@@ -45,7 +45,8 @@ def validate_record(model: type[M], obj: dict[str, Any], where: str) -> M:
         return model.model_validate(obj)
     except ValidationError as e:
         problems = "; ".join(
-            f"field '{'.'.join(str(p) for p in err['loc']) or '<record>'}': {err['msg']}" for err in e.errors()
+            f"field '{'.'.join(str(p) for p in err['loc']) or '<record>'}': {err['msg']}"
+            for err in e.errors()
         )
         raise DataError(f"{where}: {problems}") from None
 
@@ -189,3 +190,17 @@ def build_dir_atomically(
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return True
+
+
+@contextmanager
+def resumable_output(
+    path: str | Path, total: int, done: int, desc: str
+) -> Iterator[tuple[JsonlAppender, Any]]:
+    """A stage's appender on ``path`` and a progress bar (per question) starting at ``done``."""
+    from tqdm import tqdm
+
+    with (
+        JsonlAppender(path) as writer,
+        tqdm(total=total, initial=done, desc=desc, unit="q", dynamic_ncols=True) as bar,
+    ):
+        yield writer, bar

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import Field, field_validator
-from tqdm import tqdm
 
 from etagent.backends.config import BackendConfig, ExpertConfig, build_generator
 from etagent.config import ConfigModel
@@ -49,7 +48,7 @@ from etagent.flywheel.buffer import (
 from etagent.flywheel.export import write_sft
 from etagent.flywheel.roles import Critic, CriticConfig, Helper, RoleConfig, build_roles
 from etagent.flywheel.steps import HINT_POOLS
-from etagent.io import JsonlAppender, atomic_write_json, read_records, repair_torn_tail
+from etagent.io import atomic_write_json, read_records, repair_torn_tail, resumable_output
 from etagent.records import Question, Trajectory
 from etagent.rollout.few_shot import expert_few_shot
 from etagent.rollout.loop import AgentLoop, BudgetConfig, SamplingConfig
@@ -304,15 +303,9 @@ def run_flywheel(cfg: FlywheelConfig, run_dir: Path, flywheel: Flywheel | None =
         if flywheel is None:
             flywheel, to_close = build_flywheel(cfg)
         try:
-            with (
-                JsonlAppender(out) as writer,
-                tqdm(
-                    total=len(questions),
-                    initial=len(questions) - len(todo),
-                    desc="flywheel",
-                    unit="q",
-                    dynamic_ncols=True,
-                ) as bar,
+            with resumable_output(out, len(questions), len(questions) - len(todo), "flywheel") as (
+                writer,
+                bar,
             ):
                 for start in range(0, len(todo), cfg.concurrency):
                     batch = todo[start : start + cfg.concurrency]

@@ -12,12 +12,11 @@ from collections import Counter
 from pathlib import Path
 
 from pydantic import Field
-from tqdm import tqdm
 
 from etagent.backends.config import BackendConfig, build_generator
 from etagent.config import ConfigModel
 from etagent.data.loader import load_questions
-from etagent.io import JsonlAppender, atomic_write_json, atomic_write_jsonl, read_records, repair_torn_tail
+from etagent.io import atomic_write_json, atomic_write_jsonl, read_records, repair_torn_tail, resumable_output
 from etagent.protocol import tags
 from etagent.records import Trajectory
 from etagent.rollout.few_shot import expert_few_shot
@@ -93,15 +92,9 @@ def run_rollout(cfg: RolloutConfig, run_dir: Path, loop: AgentLoop | None = None
         own_loop = loop is None
         loop = loop or build_loop(cfg)
         try:
-            with (
-                JsonlAppender(out) as writer,
-                tqdm(
-                    total=len(questions),
-                    initial=len(questions) - len(todo),
-                    desc="rollout",
-                    unit="q",
-                    dynamic_ncols=True,
-                ) as bar,
+            with resumable_output(out, len(questions), len(questions) - len(todo), "rollout") as (
+                writer,
+                bar,
             ):
                 for _, trajs in loop.iter_run(todo, cfg.n):
                     writer.write_group(trajs)
