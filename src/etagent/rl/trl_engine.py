@@ -39,7 +39,6 @@ from typing import Any
 
 from etagent.backends.base import Generator
 from etagent.io import JsonlAppender, atomic_write_json, atomic_write_jsonl, build_dir_atomically, iter_jsonl
-from etagent.protocol import tags
 from etagent.records import Question, Trajectory
 from etagent.rl.config import RLConfig
 from etagent.rl.samples import PolicyRollout, reward_metrics, score_groups, split_groups, to_policy_sample
@@ -386,7 +385,6 @@ def build_trainer(
             tools,
             budget=cfg.budget,
             sampling=sampling,
-            system_prompt=tags.render_system_prompt([t.spec for t in tools.values()]),
             few_shot=few_shot,
             max_active=cfg.sequences_per_step,
         )

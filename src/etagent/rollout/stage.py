@@ -17,7 +17,6 @@ from etagent.backends.config import BackendConfig, build_generator
 from etagent.config import ConfigModel
 from etagent.data.loader import load_questions
 from etagent.io import atomic_write_json, atomic_write_jsonl, read_records, repair_torn_tail, resumable_output
-from etagent.protocol import tags
 from etagent.records import Trajectory
 from etagent.rollout.few_shot import expert_few_shot
 from etagent.rollout.loop import AgentLoop, BudgetConfig, SamplingConfig
@@ -63,13 +62,11 @@ def build_loop(cfg: RolloutConfig) -> AgentLoop:
     tools = build_tools(cfg.tools)
     tokenizer_name = cfg.backend.tokenizer or cfg.backend.model
     few_shot = expert_few_shot(cfg.few_shot, cfg.tools, tokenizer_name) if cfg.few_shot else []
-    system = tags.render_system_prompt([t.spec for t in tools.values()])
     return AgentLoop(
         generator,
         tools,
         budget=cfg.budget,
         sampling=cfg.sampling,
-        system_prompt=system,
         few_shot=few_shot,
         max_active=cfg.max_active,
     )
