@@ -8,8 +8,10 @@ correctness, Effi, redundant-call and insufficient-call rates, and model tokens.
 claims higher Effi and fewer redundant calls at no loss of correctness; this prints what it
 measures. Every stage resumes from ``--out``.
 
-    .venv/bin/python benchmarks/bench_calibration.py --sft runs/demo-.../04-sft/model \\
-        --questions runs/demo-.../05-pareto-1/stages/stage1.jsonl --steps 8 --limit 64
+    .venv/bin/python benchmarks/bench_calibration.py --sft runs/demo-.../04-sft/model
+
+Without ``--questions`` it first runs the Pareto stage with the fine-tuned model on ``--pool``
+training questions (the demo's sampling settings, a larger budget) and trains on its first stage.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 
 from etagent.demo import DemoConfig
 from etagent.eval.stage import EvalDataset, run_eval
+from etagent.pareto.stage import run_pareto
 from etagent.rl.trl_engine import run_rl
 
 ROWS = (
@@ -40,18 +43,29 @@ ROWS = (
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sft", required=True, help="the fine-tuned model directory all runs start from")
-    ap.add_argument("--questions", required=True, help="RL questions (a Pareto stage file)")
+    ap.add_argument("--questions", help="RL questions (a Pareto stage file); default: run the Pareto stage")
+    ap.add_argument("--pool", type=int, default=32, help="training questions the Pareto stage samples")
     ap.add_argument("--out", default="runs/calibration", help="output directory (resumable)")
-    ap.add_argument("--steps", type=int, default=8, help="RL steps per policy")
+    ap.add_argument("--steps", type=int, default=12, help="RL steps per policy")
+    ap.add_argument("--lr", type=float, default=1e-5, help="RL learning rate")
     ap.add_argument("--limit", type=int, default=64, help="test-split questions evaluated")
     args = ap.parse_args()
     out = Path(args.out)
     demo = DemoConfig()
 
+    questions = args.questions
+    if questions is None:
+        pareto = demo.pareto.model_copy(deep=True)
+        pareto.rollout.backend.model, pareto.rollout.limit = args.sft, args.pool
+        pareto.selection.budget = args.pool // 2
+        summary = run_pareto(pareto, out / "pareto")
+        questions = str(out / "pareto" / summary["stages"][0])
+        print(f"pareto: {summary['selected']} of {args.pool} questions selected -> {questions}")
+
     models = {"fine-tuned only": args.sft}
     for name, sigma_tool, sigma_length in (("GRPO sigma 0", 0.0, 0.0), ("ET-Agent", 0.2, 0.5)):
         rl = demo.rl.model_copy(deep=True)
-        rl.model, rl.data, rl.max_steps = args.sft, args.questions, args.steps
+        rl.model, rl.data, rl.max_steps, rl.learning_rate = args.sft, questions, args.steps, args.lr
         rl.reward.sigma_tool, rl.reward.sigma_length = sigma_tool, sigma_length
         run_dir = out / name.replace(" ", "-")
         if not (run_dir / "model" / "config.json").exists():
@@ -68,7 +82,10 @@ def main() -> None:
         metrics[name] = json.loads(done.read_text()) if done.exists() else run_eval(ev, eval_dir)
 
     width = max(len(n) for n in models) + 2
-    print(f"tool world test split, {args.limit} questions, greedy; RL: {args.steps} steps from {args.sft}")
+    print(
+        f"tool world test split, {args.limit} questions, greedy; RL: {args.steps} steps at lr {args.lr} "
+        f"from {args.sft} on {questions}"
+    )
     print(f"{'':26}" + "".join(f"{n:>{width}}" for n in models))
     for label, key in ROWS:
         cells = []

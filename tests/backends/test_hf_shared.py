@@ -202,6 +202,28 @@ def test_samples_of_a_prompt_share_its_prefill(tiny_gen, tok, system):
         same(group, [r] * 3)
 
 
+def test_identical_prompts_are_prefilled_once(tiny_gen, tok, system, monkeypatch):
+    """An ARPO branch and its parent ask for the same prompt: one prefill row, answers in order."""
+    a = system + tok.encode(" Who wrote it? <result>a long tool result</result>", add_special_tokens=False)
+    b = system + tok.encode(" Where is it", add_special_tokens=False)
+    gen = HFGenerator(tiny_gen.model, tok, prefix_cache_bytes=0)  # no store: every prefill is seen
+    prefilled: list[int] = []
+    real = gen._prefill
+
+    def counting(prompts: list[list[int]], *args: Any, **kw: Any) -> Any:
+        prefilled.append(len(prompts))
+        return real(prompts, *args, **kw)
+
+    monkeypatch.setattr(gen, "_prefill", counting)
+    out = gen.generate([a, b, a, a], greedy(8, n=2))
+    assert sum(prefilled) == 2, f"prefilled rows per call: {prefilled}"
+    ref = alone(gen, [a, b], greedy(8))
+    for group, r in zip(out, [ref[0], ref[1], ref[0], ref[0]], strict=True):
+        same(group, [r, r])
+    sampled = gen.generate([a, a, b], SamplingParams(max_new_tokens=8, temperature=1.0, seed=3))
+    assert [len(c) for c in sampled] == [1, 1, 1]
+
+
 def test_prefix_cache_bytes_from_the_config(tiny_model_path):
     def build(**kw: Any) -> HFGenerator:
         return HFGenerator.from_config(

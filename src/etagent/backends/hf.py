@@ -632,10 +632,12 @@ _GROUP_COST = 48
 
 @dataclass
 class _Row:
-    """One completion being generated (a prompt's ``sample``-th sample)."""
+    """One completion being generated: the ``sample``-th sample of distinct prompt ``prompt``,
+    answering the caller's prompt ``slot[0]`` as its ``slot[1]``-th completion."""
 
     prompt: int
     sample: int
+    slot: tuple[int, int]
     ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     top: list[dict[int, float]] = field(default_factory=list)
@@ -802,7 +804,16 @@ class HFGenerator(Generator):
         for i, ids in enumerate(prompt_ids):
             if not ids:
                 raise ValueError(f"prompt {i} is empty: generation needs at least one prompt token")
-        rows = [_Row(p, s) for p in range(len(prompts)) for s in range(params.n)]
+        # Identical prompts (an ARPO branch and its parent right after a tool result) become
+        # samples of one distinct prompt, so that they are prefilled once.
+        first: dict[tuple[int, ...], int] = {}
+        samples: dict[int, int] = {}
+        rows = []
+        for p, ids in enumerate(prompt_ids):
+            d = first.setdefault(tuple(ids), p)
+            for s in range(params.n):
+                rows.append(_Row(d, samples.get(d, 0), (p, s)))
+                samples[d] = samples.get(d, 0) + 1
         if params.max_new_tokens > 0 and rows:
             # Longest prompts first, so rows decoded together pad little; a prompt's samples stay
             # together and share one prefill.
@@ -823,8 +834,8 @@ class HFGenerator(Generator):
             finally:
                 self.model.train(was_training)
         out: list[list[Completion]] = [[] for _ in prompts]
-        for row in sorted(rows, key=lambda r: (r.prompt, r.sample)):
-            out[row.prompt].append(self._finish(row, params))
+        for row in sorted(rows, key=lambda r: r.slot):
+            out[row.slot[0]].append(self._finish(row, params))
         return out
 
     @contextmanager
