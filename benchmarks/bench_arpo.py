@@ -29,7 +29,15 @@ def main() -> None:
     ap.add_argument("--questions", type=int, default=2)
     ap.add_argument("--n", type=int, default=16, help="trajectories per question")
     ap.add_argument("--initial", type=int, default=8, help="ARPO rollouts started from the prompt")
-    ap.add_argument("--model", default="embedded")
+    ap.add_argument(
+        "--model", default="embedded", help="embedded, tiny or a model directory (e.g. a demo's 04-sft/model)"
+    )
+    ap.add_argument(
+        "--min-calls",
+        type=int,
+        default=1,
+        help="questions whose expert answer needs at least this many tool calls",
+    )
     ap.add_argument("--few-shot", type=int, default=2)
     ap.add_argument("--max-new-tokens", type=int, default=96, help="per generate call")
     ap.add_argument("--max-response-tokens", type=int, default=384)
@@ -55,7 +63,9 @@ def main() -> None:
     from etagent.tools.config import ToolsConfig, build_tools
 
     # questions that need tools: branching happens after tool results
-    questions = [q for q in load_split("dev") if q.meta.get("min_tool_calls", 0) > 0][: args.questions]
+    questions = [q for q in load_split("dev") if q.meta.get("min_tool_calls", 0) >= args.min_calls][
+        : args.questions
+    ]
     tools_cfg = ToolsConfig()
     tools = build_tools(tools_cfg)
     few_shot = expert_few_shot(args.few_shot, tools_cfg)
@@ -67,6 +77,17 @@ def main() -> None:
         max_new_tokens_per_call=args.max_new_tokens, max_response_tokens=args.max_response_tokens
     )
     arpo_cfg = ArpoConfig(n=args.n, initial_rollouts=args.initial, refill=args.refill)
+
+    def new_tool_tokens(traj) -> int:
+        """Tool-result tokens this trajectory had to prefill: those after its ARPO branch point
+        (a branch shares its parent's results up to there)."""
+        start = (traj.meta.get("arpo") or {}).get("branch_point") or 0
+        pos = total = 0
+        for seg in traj.segments:  # the response, in order
+            if seg.role == "tool" and pos >= start:
+                total += len(seg.token_ids)
+            pos += len(seg.token_ids)
+        return total
 
     def run(kind: str, seed: int) -> dict:
         sampling = SamplingConfig(
@@ -84,13 +105,25 @@ def main() -> None:
                 trajs, stats = result.trajectories, result.stats
                 generated = stats["generated_tokens"]
             else:
-                trajs, stats = loop.run(questions, n=args.n), {}
+                round_rows: list[int] = []
+                round_s: list[float] = []
+                mark = [t0]
+
+                def on_turn(active: int) -> None:
+                    now = time.perf_counter()
+                    round_rows.append(active)
+                    round_s.append(now - mark[0])
+                    mark[0] = now
+
+                trajs = [t for _, ts in loop.iter_run(questions, n=args.n, on_turn=on_turn) for t in ts]
+                stats = {"round_rows": round_rows, "round_s": round_s}
                 generated = sum(t.num_model_tokens for t in trajs)
         finally:
             dt = time.perf_counter() - t0
             loop.close()
         assert len(trajs) == rows
         return {
+            "tool_tokens": sum(new_tool_tokens(t) for t in trajs),
             "s": dt,
             "generated": generated,
             "model_tokens": sum(t.num_model_tokens for t in trajs),
@@ -104,7 +137,8 @@ def main() -> None:
         runs["independent"].append(run("independent", args.seed + k))
         runs["arpo"].append(run("arpo", args.seed + k))
     print(
-        f"questions: {len(questions)} x {args.n} trajectories  model: {args.model}  "
+        f"questions: {len(questions)} (>= {args.min_calls} tool calls) x {args.n} trajectories  "
+        f"model: {args.model}  "
         f"threads: {args.threads or 'all'}  T={args.temperature}  ARPO refill: {args.refill}  "
         "prefix store emptied before each run"
     )
@@ -112,7 +146,8 @@ def main() -> None:
     for name, rs in runs.items():
         secs = statistics.median(x["s"] for x in rs)
         gen = statistics.median(x["generated"] for x in rs)
-        med[name] = (secs, gen)
+        tool = statistics.median(x["tool_tokens"] for x in rs)
+        med[name] = (secs, gen, tool)
         times = ", ".join(f"{x['s']:.1f}" for x in rs)
         extra = ""
         if name == "arpo":
@@ -121,13 +156,21 @@ def main() -> None:
                 f"; branches {[s['branches'] for s in st]}, fresh {[s['fresh_rollouts'] for s in st]}, "
                 f"rounds {[s['rounds'] for s in st]}, entropy estimate {st[0]['entropy_method']}"
             )
+        first = rs[0]["stats"]
+        extra += "; first run's rounds (rows:seconds) " + " ".join(
+            f"{r}:{t:.1f}" for r, t in zip(first["round_rows"], first["round_s"], strict=True)
+        )
         print(
             f"{name}: {secs:.1f} s (runs: {times}), generated model tokens {gen:.0f} "
-            f"(runs: {[x['generated'] for x in rs]}), tool calls/trajectory "
+            f"(runs: {[x['generated'] for x in rs]}), tool-result tokens prefilled {tool:.0f}, "
+            "tool calls/trajectory "
             f"{statistics.median(x['calls'] for x in rs):.2f}{extra}"
         )
-    (ta, ga), (ti, gi) = med["arpo"], med["independent"]
-    print(f"ratio ARPO/independent: time {ta / ti:.2f}x (goal <= 0.6x), generated tokens {ga / gi:.2f}x")
+    (ta, ga, ra), (ti, gi, ri) = med["arpo"], med["independent"]
+    print(
+        f"ratio ARPO/independent: time {ta / ti:.2f}x (goal <= 0.6x), generated tokens {ga / gi:.2f}x, "
+        f"tool-result tokens prefilled {ra / max(ri, 1):.2f}x"
+    )
     for tool in tools.values():
         tool.close()
 

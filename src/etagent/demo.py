@@ -31,7 +31,9 @@ def _cold_start() -> FlywheelConfig:
     return FlywheelConfig(
         data="toolworld:train",
         limit=160,
-        cold_start=ColdStartConfig(enabled=True, samples=2, expert=ExpertConfig(redundant_rate=0.2, missing_rate=0.1)),
+        cold_start=ColdStartConfig(
+            enabled=True, samples=2, expert=ExpertConfig(redundant_rate=0.2, missing_rate=0.1)
+        ),
     )
 
 

@@ -78,9 +78,7 @@ def run_pareto(cfg: ParetoStageConfig, run_dir: Path) -> dict[str, Any]:
     run_rollout(rollout, run_dir)
     questions = {q.id: q for q in load_questions(cfg.rollout.data, limit=cfg.rollout.limit)}
     excluded = {q.id for path in cfg.exclude for q in load_questions(path)}
-    trajectories = [
-        t for t in read_records(run_dir / GROUPS, Trajectory) if t.question_id in questions
-    ]
+    trajectories = [t for t in read_records(run_dir / GROUPS, Trajectory) if t.question_id in questions]
     rows = score_groups(trajectories, cfg.qa_metric)
     atomic_write_jsonl(run_dir / SCORES, rows)
 

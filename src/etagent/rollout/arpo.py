@@ -208,10 +208,15 @@ class ArpoRollout:
         entropies: list[float] = []
         decisions = branches_made = fresh_made = generated = 0
         rounds = 0
+        round_rows: list[int] = []
+        round_s: list[float] = []
         while active:
             rounds += 1
             before = [b.traj.num_model_tokens for b in active]
+            t_round = time.perf_counter()
             live = {id(s) for s in self.loop.step([b.state for b in active])}
+            round_rows.append(len(active))
+            round_s.append(time.perf_counter() - t_round)
             # entropy of what each branch wrote this round
             for b, start in zip(active, before, strict=True):
                 ids, lps, tops = _model_tokens(b.traj)
@@ -327,6 +332,8 @@ class ArpoRollout:
             "mean_entropy": sum(entropies) / len(entropies) if entropies else 0.0,
             "entropy_method": method,
             "generated_tokens": generated,
+            "round_rows": round_rows,
+            "round_s": [round(x, 3) for x in round_s],
             "time_s": time.perf_counter() - t0,
         }
         return ArpoResult(out, stats)

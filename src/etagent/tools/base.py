@@ -53,7 +53,9 @@ _REGISTRY: dict[str, type[Tool]] = {}
 def register_tool(name: str) -> Callable[[type[Tool]], type[Tool]]:
     def deco(cls: type[Tool]) -> type[Tool]:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"tool {name!r} is registered twice ({_REGISTRY[name].__name__}, {cls.__name__})")
+            raise ValueError(
+                f"tool {name!r} is registered twice ({_REGISTRY[name].__name__}, {cls.__name__})"
+            )
         cls.name = name
         _REGISTRY[name] = cls
         return cls
