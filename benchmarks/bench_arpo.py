@@ -51,6 +51,12 @@ def main() -> None:
         default="unclaimed",
         help="ARPO fresh-rollout rule (ArpoConfig.refill; the reference's is idle)",
     )
+    ap.add_argument(
+        "--reserve",
+        type=int,
+        default=0,
+        help="ARPO reserve rollouts per question (ArpoConfig.reserve_rollouts)",
+    )
     args = ap.parse_args()
 
     import torch
@@ -76,7 +82,9 @@ def main() -> None:
     budget = BudgetConfig(
         max_new_tokens_per_call=args.max_new_tokens, max_response_tokens=args.max_response_tokens
     )
-    arpo_cfg = ArpoConfig(n=args.n, initial_rollouts=args.initial, refill=args.refill)
+    arpo_cfg = ArpoConfig(
+        n=args.n, initial_rollouts=args.initial, reserve_rollouts=args.reserve, refill=args.refill
+    )
 
     def new_tool_tokens(traj) -> int:
         """Tool-result tokens this trajectory had to prefill: those after its ARPO branch point
@@ -139,7 +147,8 @@ def main() -> None:
     print(
         f"questions: {len(questions)} (>= {args.min_calls} tool calls) x {args.n} trajectories  "
         f"model: {args.model}  "
-        f"threads: {args.threads or 'all'}  T={args.temperature}  ARPO refill: {args.refill}  "
+        f"threads: {args.threads or 'all'}  T={args.temperature}  ARPO refill: {args.refill}, "
+        f"reserves: {args.reserve}  "
         "prefix store emptied before each run"
     )
     med = {}
@@ -154,6 +163,7 @@ def main() -> None:
             st = [x["stats"] for x in rs]
             extra = (
                 f"; branches {[s['branches'] for s in st]}, fresh {[s['fresh_rollouts'] for s in st]}, "
+                f"reserves dropped {[s['reserves_dropped'] for s in st]}, "
                 f"rounds {[s['rounds'] for s in st]}, entropy estimate {st[0]['entropy_method']}"
             )
         first = rs[0]["stats"]

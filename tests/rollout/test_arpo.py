@@ -211,3 +211,47 @@ def test_unclaimed_refill_starts_fresh_rollouts_for_slots_branches_cannot_claim(
     assert [m["round_created"] for m in meta] == [0, 0, 1, 2, 2]
     stats = res.stats
     assert (stats["fresh_rollouts"], stats["branches"], stats["rounds"]) == (1, 2, 4)  # idle: 6 rounds
+
+
+def test_a_reserve_fills_the_last_slot_without_extra_rounds(tokenizer):
+    # as in test_exact_branch_counts...: two branches at the second tool result, one slot left.
+    # Without a reserve, the fifth rollout starts fresh after round 3 (6 rounds); the reserve
+    # started at round 0 has finished by then and is taken at once.
+    cfg = ArpoConfig(
+        n=5, initial_rollouts=2, reserve_rollouts=1, branch_probability=0.0, entropy_weight=100.0
+    )
+    arpo, _ = _arpo(tokenizer, {"Q1?": ["low", "high", "low"]}, cfg)
+    res = arpo.run([_q(1)], seed=3)
+    meta = [t.meta["arpo"] for t in res.trajectories]
+    assert [m["parent_id"] for m in meta] == [None, None, 0, 1, None]
+    assert [m["reserve"] for m in meta] == [False, False, False, False, True]
+    assert [m["round_created"] for m in meta] == [0, 0, 2, 2, 3]
+    assert meta[4]["decisions"] == []  # a reserve decides nothing before it is taken
+    s = res.stats
+    assert (s["rounds"], s["fresh_rollouts"], s["reserves_used"], s["reserves_dropped"]) == (3, 1, 1, 0)
+    reserve = res.trajectories[4]
+    assert reserve.prediction == "42" and reserve.num_model_tokens == res.trajectories[0].num_model_tokens
+
+
+def test_unneeded_reserves_are_dropped_and_their_tokens_counted(tokenizer):
+    # branches fill both open slots at round 2: the two reserves are dropped mid-rollout
+    cfg = ArpoConfig(
+        n=4, initial_rollouts=2, reserve_rollouts=2, branch_probability=0.0, entropy_weight=100.0
+    )
+    arpo, _ = _arpo(tokenizer, {"Q1?": ["low", "high", "low"]}, cfg)
+    res = arpo.run([_q(1)], seed=3)
+    meta = [t.meta["arpo"] for t in res.trajectories]
+    assert [m["parent_id"] for m in meta] == [None, None, 0, 1]
+    assert not any(m["reserve"] for m in meta)
+    s = res.stats
+    assert (s["rounds"], s["reserves_used"], s["reserves_dropped"], s["fresh_rollouts"]) == (3, 0, 2, 0)
+    assert s["round_rows"] == [4, 4, 4]  # 2 initial + 2 reserves, then 2 initial + 2 children
+    trajs = res.trajectories
+    two_segments = sum(len(seg.token_ids) for seg in trajs[0].segments[:3] if seg.role == "model")
+    answer = len(trajs[2].segments[-1].token_ids)
+    assert s["generated_tokens"] == 2 * trajs[0].num_model_tokens + 2 * answer + 2 * two_segments
+
+
+def test_reserves_cannot_exceed_the_open_slots():
+    with pytest.raises(ValueError, match="reserve_rollouts"):
+        ArpoConfig(n=8, initial_rollouts=6, reserve_rollouts=3)

@@ -11,8 +11,15 @@ the tool result, which re-samples from there. A branch is made when
 i.e. with probability about ``branch_probability + entropy_weight * dH``: the more uncertain the
 model was in the segment it just wrote (relative to the start of its answer), the more likely it
 branches. A question whose branches have all finished gets a fresh rollout from the prompt (one
-per round, as in the reference; ``refill="unclaimed"`` starts them sooner). This goes on until every question has ``n`` trajectories; the first
-``n`` in creation order are kept.
+per round, as in the reference; ``refill="unclaimed"`` starts them sooner). This goes on until
+every question has ``n`` trajectories; the first ``n`` in creation order are kept.
+
+Fresh rollouts that start late make the rounds that set the time when a batch's cost hardly
+depends on its rows (small batches, a CPU): ``reserve_rollouts`` starts some with the initial ones
+and holds them back. When a fresh rollout is due, the next reserve in the order they were started
+is taken instead, finished or not (the choice does not look at its content, and a rollout from
+the prompt is the same sample whenever it starts); the reserves a question does not need are
+dropped once its ``n`` slots are taken. A reserve makes no branching decisions before it is taken.
 
 Entropy of a segment (the reference's definition): over its first ``entropy_tokens`` tokens, the
 sum of ``-p log p`` over each position's top-k alternatives (plus the sampled token when it is
@@ -69,6 +76,13 @@ class ArpoConfig(ConfigModel):
     top_k_logprobs: int = Field(
         10, ge=0, description="top-k log-probs the backend is asked for (0: sampled-token estimate)"
     )
+    reserve_rollouts: int = Field(
+        0,
+        ge=0,
+        description="rollouts per question started from the prompt with the initial ones and held "
+        "back: each fresh rollout due is the next reserve (finished or not) instead of a late "
+        "start; unneeded ones are dropped (tokens spent for fewer rounds). 0: the reference",
+    )
     refill: Literal["idle", "unclaimed"] = Field(
         "idle",
         description="when fresh rollouts start from the prompt: idle = one per round for a question "
@@ -81,6 +95,11 @@ class ArpoConfig(ConfigModel):
     def _initial_within_n(self) -> ArpoConfig:
         if self.initial_rollouts > self.n:
             raise ValueError(f"initial_rollouts ({self.initial_rollouts}) must not exceed n ({self.n})")
+        if self.initial_rollouts + self.reserve_rollouts > self.n:
+            raise ValueError(
+                f"initial_rollouts + reserve_rollouts ({self.initial_rollouts} + {self.reserve_rollouts}) "
+                f"must not exceed n ({self.n}): more reserves could never be used"
+            )
         return self
 
 
@@ -149,11 +168,13 @@ def _model_tokens(traj: Trajectory) -> tuple[list[int], list[float | None], list
 class _Branch:
     state: LoopState
     question: int  # index of the question in the call
-    branch_id: int  # creation order within the question
+    branch_id: int  # creation order within the question; -1: a reserve not taken yet
     parent_id: int | None = None
     branch_point: int | None = None  # response-token index where it leaves its parent
     round_created: int = 0
     initial: bool = False
+    reserve: bool = False  # started as a reserve (see ArpoConfig.reserve_rollouts)
+    done: bool = False  # finished (a reserve may finish before it is taken)
     last_entropy: float = 0.0
     first_entropy: float | None = None
     decisions: list[dict[str, Any]] = field(default_factory=list)
@@ -167,6 +188,7 @@ class _Branch:
 class _Question:
     question: Question
     branches: list[_Branch] = field(default_factory=list)
+    reserves: list[_Branch] = field(default_factory=list)  # not taken yet, in the order started
     h_init: float | None = None
 
 
@@ -204,9 +226,13 @@ class ArpoRollout:
         for qi, q in enumerate(qs):
             for _ in range(cfg.initial_rollouts):
                 active.append(self._new_branch(q, qi, initial=True, round_created=0))
+            for _ in range(cfg.reserve_rollouts):
+                reserve = _Branch(self.loop.start(q.question, -1), qi, branch_id=-1, reserve=True)
+                q.reserves.append(reserve)
+                active.append(reserve)
         methods: set[str] = set()
         entropies: list[float] = []
-        decisions = branches_made = fresh_made = generated = 0
+        decisions = branches_made = fresh_made = reserves_used = reserves_dropped = generated = 0
         rounds = 0
         round_rows: list[int] = []
         round_s: list[float] = []
@@ -243,11 +269,12 @@ class ArpoRollout:
             for b in active:
                 if id(b.state) not in live:
                     AgentLoop.finish(b.state)
+                    b.done = True
             survivors = [b for b in active if id(b.state) in live]
             # branching, question by question, branches in creation order
             children: list[_Branch] = []
             for qi, q in enumerate(qs):
-                for b in [s for s in survivors if s.question == qi]:
+                for b in [s for s in survivors if s.question == qi and s.branch_id >= 0]:
                     if not (b.traj.segments and b.traj.segments[-1].role == "tool"):
                         continue  # only right after a tool result
                     for _ in range(min(cfg.beam_size - 1, cfg.n - len(q.branches))):
@@ -283,16 +310,34 @@ class ArpoRollout:
             # fresh rollouts from the prompt for slots no branch can claim (see ArpoConfig.refill)
             fresh: list[_Branch] = []
             for qi, q in enumerate(qs):
-                live = sum(b.question == qi for b in survivors + children)
-                open_slots = cfg.n - len(q.branches)
-                if cfg.refill == "idle":
-                    k = min(1, open_slots) if live == 0 else 0
-                else:
-                    k = max(0, open_slots - live * (cfg.beam_size - 1))
-                for _ in range(k):
-                    fresh.append(self._new_branch(q, qi, initial=False, round_created=rounds))
-                    fresh_made += 1
-            active = sorted(survivors + children + fresh, key=lambda b: (b.question, b.branch_id))
+                live = sum(b.question == qi and b.branch_id >= 0 for b in survivors + children)
+                while True:  # again while every fresh one taken was a reserve that had finished
+                    open_slots = cfg.n - len(q.branches)
+                    if cfg.refill == "idle":
+                        k = min(1, open_slots) if live == 0 else 0
+                    else:
+                        k = max(0, open_slots - live * (cfg.beam_size - 1))
+                    if k == 0:
+                        break
+                    for _ in range(k):
+                        fresh_made += 1
+                        if q.reserves:
+                            b = q.reserves.pop(0)
+                            b.branch_id, b.round_created = len(q.branches), rounds
+                            q.branches.append(b)
+                            reserves_used += 1
+                            live += not b.done
+                        else:
+                            fresh.append(self._new_branch(q, qi, initial=False, round_created=rounds))
+                            live += 1
+                if len(q.branches) >= cfg.n:  # every slot taken: the reserves left are not needed
+                    reserves_dropped += len(q.reserves)
+                    q.reserves.clear()
+            kept = {id(b) for q in qs for b in q.branches + q.reserves}
+            active = sorted(
+                [b for b in survivors + children if id(b) in kept] + fresh,
+                key=lambda b: (b.question, b.branch_id),
+            )
 
         method: EntropyMethod = (
             "top_k" if methods == {"top_k"} else "sampled" if "sampled" in methods else "none"
@@ -315,6 +360,7 @@ class ArpoRollout:
                     "branch_point": b.branch_point,
                     "round_created": b.round_created,
                     "initial": b.initial,
+                    "reserve": b.reserve,
                     "h_init": q.h_init,
                     "entropy_method": method,
                     "decisions": b.decisions,
@@ -326,6 +372,8 @@ class ArpoRollout:
             "rounds": rounds,
             "branches": branches_made,
             "fresh_rollouts": fresh_made,
+            "reserves_used": reserves_used,
+            "reserves_dropped": reserves_dropped,
             "decisions": decisions,
             "branching_rate": branches_made / decisions if decisions else 0.0,
             "branched_fraction": branches_made / len(out) if out else 0.0,
