@@ -1,5 +1,6 @@
 import json
 import multiprocessing as mp
+from pathlib import Path
 
 import pytest
 from pydantic import Field
@@ -118,3 +119,29 @@ def test_atomic_write_never_exposes_a_partial_file(tmp_path):
     for p in procs:
         p.join()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+SHIPPED_CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads_into_its_stage_config(path):
+    """configs/<stage>_*.yaml is what users copy: each must validate against its stage's model."""
+    from etagent.eval.stage import EvalConfig
+    from etagent.flywheel.stage import FlywheelConfig
+    from etagent.pareto.stage import ParetoStageConfig
+    from etagent.rl.config import RLConfig
+    from etagent.rollout.stage import RolloutConfig
+    from etagent.train.sft import SFTConfig
+
+    stages = {
+        "eval": EvalConfig,
+        "flywheel": FlywheelConfig,
+        "pareto": ParetoStageConfig,
+        "rl": RLConfig,
+        "rollout": RolloutConfig,
+        "sft": SFTConfig,
+    }
+    cls = stages[path.name.split("_")[0]]
+    cfg = load_config(cls, path)
+    assert cfg.model_dump(exclude_defaults=True), f"{path.name} sets nothing"

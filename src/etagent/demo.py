@@ -65,7 +65,8 @@ def _pareto() -> ParetoStageConfig:
 def _rl() -> RLConfig:
     return RLConfig(
         num_generations=4,
-        arpo={"n": 4, "initial_rollouts": 2},
+        # a reserve spares the rounds a late fresh rollout adds (benchmarks/bench_arpo.py)
+        arpo={"n": 4, "initial_rollouts": 2, "reserve_rollouts": 1},
         questions_per_step=1,
         micro_batch_size=4,
         max_steps=4,
