@@ -213,16 +213,21 @@ def test_unclaimed_refill_starts_fresh_rollouts_for_slots_branches_cannot_claim(
     assert (stats["fresh_rollouts"], stats["branches"], stats["rounds"]) == (1, 2, 4)  # idle: 6 rounds
 
 
+def _branch_after_second_result(tokenizer, n: int, reserves: int):
+    """Two initial rollouts, each branching once right after its second tool result."""
+    cfg = ArpoConfig(
+        n=n, initial_rollouts=2, reserve_rollouts=reserves, branch_probability=0.0, entropy_weight=100.0
+    )
+    arpo, _ = _arpo(tokenizer, {"Q1?": ["low", "high", "low"]}, cfg)
+    res = arpo.run([_q(1)], seed=3)
+    return res, [t.meta["arpo"] for t in res.trajectories]
+
+
 def test_a_reserve_fills_the_last_slot_without_extra_rounds(tokenizer):
     # as in test_exact_branch_counts...: two branches at the second tool result, one slot left.
     # Without a reserve, the fifth rollout starts fresh after round 3 (6 rounds); the reserve
     # started at round 0 has finished by then and is taken at once.
-    cfg = ArpoConfig(
-        n=5, initial_rollouts=2, reserve_rollouts=1, branch_probability=0.0, entropy_weight=100.0
-    )
-    arpo, _ = _arpo(tokenizer, {"Q1?": ["low", "high", "low"]}, cfg)
-    res = arpo.run([_q(1)], seed=3)
-    meta = [t.meta["arpo"] for t in res.trajectories]
+    res, meta = _branch_after_second_result(tokenizer, n=5, reserves=1)
     assert [m["parent_id"] for m in meta] == [None, None, 0, 1, None]
     assert [m["reserve"] for m in meta] == [False, False, False, False, True]
     assert [m["round_created"] for m in meta] == [0, 0, 2, 2, 3]
@@ -235,12 +240,7 @@ def test_a_reserve_fills_the_last_slot_without_extra_rounds(tokenizer):
 
 def test_unneeded_reserves_are_dropped_and_their_tokens_counted(tokenizer):
     # branches fill both open slots at round 2: the two reserves are dropped mid-rollout
-    cfg = ArpoConfig(
-        n=4, initial_rollouts=2, reserve_rollouts=2, branch_probability=0.0, entropy_weight=100.0
-    )
-    arpo, _ = _arpo(tokenizer, {"Q1?": ["low", "high", "low"]}, cfg)
-    res = arpo.run([_q(1)], seed=3)
-    meta = [t.meta["arpo"] for t in res.trajectories]
+    res, meta = _branch_after_second_result(tokenizer, n=4, reserves=2)
     assert [m["parent_id"] for m in meta] == [None, None, 0, 1]
     assert not any(m["reserve"] for m in meta)
     s = res.stats
