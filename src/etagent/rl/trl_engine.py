@@ -76,6 +76,8 @@ OWN_KEYS = (
     "generated_tokens",
     "rollout_seconds",
     "rollout_rounds",
+    "rollout_fresh_rollouts",
+    "rollout_reserves_dropped",
 )
 
 
@@ -149,8 +151,9 @@ def make_reward_func(cfg: RLConfig, tool_tags: tuple[str, ...]) -> Callable[...,
         log_metric("branched_fraction", float(stats.get("branched_fraction", 0.0)))
         log_metric("generated_tokens", float(stats.get("generated_tokens", 0)))
         log_metric("rollout_seconds", float(stats.get("time_s", 0.0)))
-        if "rounds" in stats:
-            log_metric("rollout_rounds", float(stats["rounds"]))
+        for key in ("rounds", "fresh_rollouts", "reserves_dropped"):  # ARPO only
+            if key in stats:
+                log_metric(f"rollout_{key}", float(stats[key]))
         if "mean_entropy" in stats:
             log_metric("branch_entropy", float(stats["mean_entropy"]))
             log_metric("sampled_entropy_estimate", float(stats["entropy_method"] != "top_k"))
