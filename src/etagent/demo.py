@@ -40,7 +40,7 @@ def _cold_start() -> FlywheelConfig:
 def _flywheel() -> FlywheelConfig:
     return FlywheelConfig(
         data="toolworld:train",
-        limit=10,
+        limit=8,
         rounds=2,
         budget=_BUDGET,
         continuation_budget=_BUDGET,
@@ -52,7 +52,7 @@ def _pareto() -> ParetoStageConfig:
     return ParetoStageConfig(
         rollout=RolloutConfig(
             data="toolworld:train",
-            limit=12,
+            limit=10,
             n=4,
             budget=_BUDGET,
             sampling=SamplingConfig(temperature=1.0),
@@ -69,7 +69,7 @@ def _rl() -> RLConfig:
         arpo={"n": 4, "initial_rollouts": 2, "reserve_rollouts": 1},
         questions_per_step=1,
         micro_batch_size=4,
-        max_steps=4,
+        max_steps=3,
         # measured (benchmarks/bench_calibration.py): 1e-5 moves this model within a few steps
         learning_rate=1e-5,
         budget=_BUDGET.model_copy(update={"on_budget": "stop"}),
@@ -78,7 +78,7 @@ def _rl() -> RLConfig:
 
 
 def _eval() -> EvalConfig:
-    return EvalConfig(datasets=[EvalDataset(data="toolworld:dev", limit=24)], budget=_BUDGET)
+    return EvalConfig(datasets=[EvalDataset(data="toolworld:dev", limit=20)], budget=_BUDGET)
 
 
 class DemoConfig(PipelineConfig):
@@ -90,7 +90,7 @@ class DemoConfig(PipelineConfig):
     )
     flywheel: FlywheelConfig = Field(default_factory=_flywheel)
     sft: SFTConfig = Field(
-        default_factory=lambda: SFTConfig(data="", max_steps=8, grad_accum=2, learning_rate=5e-5)
+        default_factory=lambda: SFTConfig(data="", max_steps=6, grad_accum=2, learning_rate=5e-5)
     )
     pareto: ParetoStageConfig = Field(default_factory=_pareto)
     rl: RLConfig = Field(default_factory=_rl)
