@@ -101,7 +101,7 @@ def main() -> None:
         ev = demo.eval.model_copy(deep=True)
         ev.datasets = [EvalDataset(data="toolworld:test", limit=args.limit)]
         ev.backend.model = model
-        eval_dir = out / "eval" / name.replace(" ", "-")
+        eval_dir = out / f"eval-{args.limit}" / name.replace(" ", "-")
         done = eval_dir / "metrics.json"
         metrics[name] = json.loads(done.read_text()) if done.exists() else run_eval(ev, eval_dir)
 
@@ -119,7 +119,9 @@ def main() -> None:
         print(f"{label:26}" + "".join(cells))
     for first, second in (("ET-Agent", "GRPO sigma 0"), ("ET-Agent", "fine-tuned only")):
         print(f"\n{first} - {second}, per question, mean and 95% paired-bootstrap interval:")
-        paired_differences(*(out / "eval" / n.replace(" ", "-") / "scores.jsonl" for n in (first, second)))
+        paired_differences(
+            *(out / f"eval-{args.limit}" / n.replace(" ", "-") / "scores.jsonl" for n in (first, second))
+        )
 
 
 if __name__ == "__main__":
