@@ -72,7 +72,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/calibration", help="output directory (resumable)")
     ap.add_argument("--steps", type=int, default=12, help="RL steps per policy")
     ap.add_argument("--lr", type=float, default=1e-5, help="RL learning rate")
-    ap.add_argument("--limit", type=int, default=64, help="test-split questions evaluated")
+    ap.add_argument("--limit", type=int, default=128, help="test-split questions evaluated (128: all)")
     args = ap.parse_args()
     out = Path(args.out)
     demo = DemoConfig()
