@@ -7,6 +7,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
+def not_blank(value: str) -> str:
+    """A field validator: text fields such as ids must not be empty or whitespace."""
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
 class Question(BaseModel):
     """One question in the benchmark schema (../shared/data/benchmarks/README.md).
 
@@ -23,12 +30,7 @@ class Question(BaseModel):
     source: str = ""
     meta: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("id", "question")
-    @classmethod
-    def _not_blank(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("must not be empty")
-        return v
+    _not_blank = field_validator("id", "question")(not_blank)
 
     @property
     def answers(self) -> list[str]:

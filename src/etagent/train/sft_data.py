@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from etagent.io import DataError, iter_jsonl, validate_record
 from etagent.protocol import tags
-from etagent.records import Trajectory
+from etagent.records import Trajectory, not_blank
 
 log = logging.getLogger("etagent.train")
 
@@ -55,12 +55,7 @@ class SFTExample(BaseModel):
     messages: list[ChatMessage] = Field(min_length=2)
     meta: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("id", "question_id")
-    @classmethod
-    def _not_blank(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("must not be empty")
-        return v
+    _not_blank = field_validator("id", "question_id")(not_blank)
 
     @model_validator(mode="after")
     def _one_final_assistant_turn(self) -> SFTExample:
