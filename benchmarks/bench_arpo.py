@@ -61,20 +61,22 @@ def main() -> None:
 
     import torch
 
-    from etagent.backends.config import BackendConfig, HFConfig, build_generator
-    from etagent.data.toolworld import load_split
+    from etagent.backends.config import BackendConfig, build_generator
+
+    from etagent.backends.hf import HFConfig
     from etagent.rollout.arpo import ArpoConfig, ArpoRollout
-    from etagent.rollout.few_shot import expert_few_shot
     from etagent.rollout.loop import AgentLoop, BudgetConfig, SamplingConfig
+    from etagent.tasks.toolworld import ToolWorldTask
     from etagent.tools.config import ToolsConfig, build_tools
 
+    task = ToolWorldTask()
     # questions that need tools: branching happens after tool results
-    questions = [q for q in load_split("dev") if q.meta.get("min_tool_calls", 0) >= args.min_calls][
+    questions = [q for q in task.questions("dev") if q.meta.get("min_tool_calls", 0) >= args.min_calls][
         : args.questions
     ]
-    tools_cfg = ToolsConfig()
+    tools_cfg = ToolsConfig().with_section("search", corpus=str(task.corpus()))
     tools = build_tools(tools_cfg)
-    few_shot = expert_few_shot(args.few_shot, tools_cfg)
+    few_shot = task.prompt_examples(args.few_shot, tools_cfg, args.model)
     rows = args.questions * args.n
     generator = build_generator(
         BackendConfig(kind="hf", model=args.model, hf=HFConfig(batch_size=rows, threads=args.threads))

@@ -87,8 +87,9 @@ def main() -> None:
     import torch
 
     from etagent.backends.base import SamplingParams
-    from etagent.backends.config import BackendConfig, HFConfig, build_generator
-    from etagent.data.toolworld import load_split
+    from etagent.backends.config import BackendConfig, build_generator
+    from etagent.backends.hf import HFConfig
+    from etagent.tasks.toolworld import load_split
 
     generator = build_generator(
         BackendConfig(

@@ -38,16 +38,18 @@ def main() -> None:
     ap.add_argument("--keep-cache", action="store_true", help="do not empty the prefix store before each run")
     args = ap.parse_args()
 
-    from etagent.backends.config import BackendConfig, HFConfig, build_generator
-    from etagent.data.toolworld import load_split
-    from etagent.rollout.few_shot import expert_few_shot
+    from etagent.backends.config import BackendConfig, build_generator
+
+    from etagent.backends.hf import HFConfig
     from etagent.rollout.loop import AgentLoop, BudgetConfig, SamplingConfig
+    from etagent.tasks.toolworld import ToolWorldTask
     from etagent.tools.config import ToolsConfig, build_tools
 
-    questions = load_split("dev")[: args.trajectories]
-    tools_cfg = ToolsConfig()
+    task = ToolWorldTask()
+    questions = task.questions("dev")[: args.trajectories]
+    tools_cfg = ToolsConfig().with_section("search", corpus=str(task.corpus()))
     tools = build_tools(tools_cfg)
-    few_shot = expert_few_shot(args.few_shot, tools_cfg)
+    few_shot = task.prompt_examples(args.few_shot, tools_cfg, args.model)
     generator = build_generator(
         BackendConfig(
             kind="hf", model=args.model, hf=HFConfig(batch_size=args.trajectories, threads=args.threads)

@@ -70,7 +70,7 @@ def test_expert_with_redundant_and_missing_calls(tmp_path):
         app,
         [
             "rollout", "--backend", "expert", "--data", "toolworld:dev", "--limit", "16",
-            "--set", "backend.expert.redundant_rate=1.0", "--run-dir", str(run_dir),
+            "--set", "agent.backend.expert.redundant_rate=1.0", "--run-dir", str(run_dir),
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -89,7 +89,7 @@ def test_tool_commands_print_what_the_agent_sees(tmp_path):
     out = _etagent("tool", "python", "--code-file", str(bad))
     assert out.returncode == 1 and "ZeroDivisionError" in out.stdout
 
-    from etagent.data.toolworld import load_split
+    from etagent.tasks.toolworld import load_split
 
     q = next(q for q in load_split("dev") if q.meta["min_search"] >= 1)
     query = q.meta["plan"][0]["query"]
@@ -106,12 +106,12 @@ def test_bad_input_gets_a_clear_error(tmp_path):
     assert f"{bad}:2" in out.stderr and "question" in out.stderr
     assert "Traceback" not in out.stderr
 
-    out = _etagent("rollout", "--set", "budget.max_tool_calls=lots", "--run-dir", str(tmp_path / "r2"))
-    assert out.returncode == 2 and "budget.max_tool_calls" in out.stderr
+    out = _etagent("rollout", "--set", "agent.budget.max_tool_calls=lots", "--run-dir", str(tmp_path / "r2"))
+    assert out.returncode == 2 and "agent.budget.max_tool_calls" in out.stderr
 
     out = _etagent(
         "rollout", "--backend", "openai", "--model", "tiny", "--limit", "1", "--run-dir", str(tmp_path / "r4"),
-        "--set", "backend.openai.base_url=http://127.0.0.1:9/v1", "--set", "backend.openai.max_retries=0",
+        "--set", "agent.backend.openai.base_url=http://127.0.0.1:9/v1", "--set", "agent.backend.openai.max_retries=0",
     )  # fmt: skip
     assert out.returncode == 2 and "127.0.0.1:9" in out.stderr and "Traceback" not in out.stderr
 
@@ -126,8 +126,8 @@ def test_embedded_model_rollout_writes_real_trajectories(tmp_path, tokenizer):
         app,
         [
             "rollout", "--model", "embedded", "--data", "toolworld:dev", "--limit", "3", "--few-shot", "2",
-            "--set", "sampling.temperature=0", "--set", "budget.max_new_tokens_per_call=64",
-            "--set", "budget.max_response_tokens=256", "--run-dir", str(run_dir),
+            "--set", "agent.sampling.temperature=0", "--set", "agent.budget.max_new_tokens_per_call=64",
+            "--set", "agent.budget.max_response_tokens=256", "--run-dir", str(run_dir),
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output

@@ -47,7 +47,7 @@ def test_eval_score_and_report_on_the_command_line(tmp_path):
         app,
         [
             "eval", "--backend", "expert", "--data", "toolworld:dev", "--limit", "4",
-            "--set", "backend.expert.redundant_rate=1.0", "--run-dir", str(b),
+            "--set", "agent.backend.expert.redundant_rate=1.0", "--run-dir", str(b),
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -93,8 +93,8 @@ def test_eval_with_the_embedded_model(tmp_path):
     result = runner.invoke(
         app,
         [
-            "eval", "-c", str(config), "--limit", "2", "--set", "budget.max_new_tokens_per_call=48",
-            "--set", "budget.max_response_tokens=160", "--run-dir", str(run_dir),
+            "eval", "-c", str(config), "--limit", "2", "--set", "agent.budget.max_new_tokens_per_call=48",
+            "--set", "agent.budget.max_response_tokens=160", "--run-dir", str(run_dir),
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output

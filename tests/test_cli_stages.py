@@ -33,8 +33,8 @@ def test_cold_start_flywheel_then_sft_then_pareto(tmp_path):
     par = tmp_path / "par"
     result = runner.invoke(
         app,
-        ["pareto", "--limit", "6", "-g", "3", "--set", "rollout.backend.kind=expert",
-         "--set", "rollout.backend.expert.missing_rate=0.5", "--set", "selection.mixed_outcome_filter=off",
+        ["pareto", "--limit", "6", "-g", "3", "--set", "rollout.agent.backend.kind=expert",
+         "--set", "rollout.agent.backend.expert.missing_rate=0.5", "--set", "selection.mixed_outcome_filter=off",
          "--set", "selection.budget=2", "--run-dir", str(par)],
     )
     assert result.exit_code == 0, result.output

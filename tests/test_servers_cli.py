@@ -68,10 +68,10 @@ def test_rollout_through_serve_model_and_serve_retriever(tmp_path):
             app,
             [
                 "rollout", "--backend", "openai", "--model", "tiny", "--data", "toolworld:dev", "--limit", "2",
-                "--n", "2", "--set", f"backend.openai.base_url={model_url}/v1",
-                "--set", "tools.search.backend=remote", "--set", f"tools.search.url={search_url}",
-                "--set", "sampling.logprobs=2", "--set", "budget.max_new_tokens_per_call=16",
-                "--set", "budget.max_response_tokens=48", "--run-dir", str(run_dir),
+                "--n", "2", "--set", f"agent.backend.openai.base_url={model_url}/v1",
+                "--set", "agent.tools.search.backend=remote", "--set", f"agent.tools.search.url={search_url}",
+                "--set", "agent.sampling.logprobs=2", "--set", "agent.budget.max_new_tokens_per_call=16",
+                "--set", "agent.budget.max_response_tokens=48", "--run-dir", str(run_dir),
             ],
         )  # fmt: skip
         assert result.exit_code == 0, result.output
@@ -88,7 +88,7 @@ def test_rollout_through_serve_model_and_serve_retriever(tmp_path):
 
         tool = SearchTool.from_config(SearchConfig(backend="remote", url=search_url, cache=False))
         try:
-            from etagent.data.toolworld import load_split
+            from etagent.tasks.toolworld import load_split
 
             q = next(q for q in load_split("dev") if q.meta["min_search"] >= 1)
             step = q.meta["plan"][0]

@@ -51,8 +51,14 @@ C = TypeVar("C", bound=BaseModel)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file")]
 SetOpt = Annotated[
-    list[str] | None, typer.Option("--set", "-s", help="override, e.g. --set backend.kind=openai")
+    list[str] | None, typer.Option("--set", "-s", help="override, e.g. --set agent.backend.kind=openai")
 ]
+DataOpt = Annotated[
+    str | None, typer.Option(help="task:split (toolworld:dev), a task YAML file[:split], or a question file")
+]
+TaskOpt = Annotated[str | None, typer.Option(help="the task of a question file given as --data")]
+BackendOpt = Annotated[str | None, typer.Option(help="hf, openai, expert (the task's oracle) or pkg.mod:Class")]
+FewShotOpt = Annotated[int | None, typer.Option(help="the task's example trajectories in the prompt")]
 RunDirOpt = Annotated[Path | None, typer.Option("--run-dir", help="run directory (an existing one resumes)")]
 
 
@@ -112,14 +118,13 @@ def _summary_table(title: str, summaries: dict[str, dict[str, Any]]) -> Table:
 @app.command()
 def rollout(
     config: ConfigOpt = None,
-    data: Annotated[
-        str | None, typer.Option(help="JSONL file, toolworld:<split>, or a datasets file/dir")
-    ] = None,
+    data: DataOpt = None,
+    task: TaskOpt = None,
     n: Annotated[int | None, typer.Option("--n", help="trajectories per question")] = None,
-    backend: Annotated[str | None, typer.Option(help="hf, openai or expert")] = None,
+    backend: BackendOpt = None,
     model: Annotated[str | None, typer.Option(help="embedded, tiny, or a local model dir")] = None,
     limit: Annotated[int | None, typer.Option(help="first N questions only")] = None,
-    few_shot: Annotated[int | None, typer.Option(help="expert example trajectories in the prompt")] = None,
+    few_shot: FewShotOpt = None,
     set_: SetOpt = None,
     run_dir: RunDirOpt = None,
 ) -> None:
@@ -132,11 +137,12 @@ def rollout(
         set_,
         {
             "data": data,
+            "task": task,
             "n": n,
-            "backend.kind": backend,
-            "backend.model": model,
+            "agent.backend.kind": backend,
+            "agent.backend.model": model,
             "limit": limit,
-            "few_shot": few_shot,
+            "agent.few_shot": few_shot,
         },
         run_dir,
     )
@@ -144,7 +150,9 @@ def rollout(
     prepare_run_dir(run_dir, cfg)
     summary = run_rollout(cfg, run_dir)
     console.print(
-        _summary_table(f"rollout {cfg.data} ({cfg.backend.kind}:{cfg.backend.model})", {"run": summary})
+        _summary_table(
+            f"rollout {cfg.data} ({cfg.agent.backend.kind}:{cfg.agent.backend.model})", {"run": summary}
+        )
     )
     console.print(f"trajectories: {run_dir / cfg.output}")
 
@@ -153,13 +161,14 @@ def rollout(
 def tool_search(
     query: Annotated[str, typer.Option("--query", "-q", help="the search query")],
     config: ConfigOpt = None,
-    corpus: Annotated[str | None, typer.Option(help="JSONL corpus {id,title,text} or 'toolworld'")] = None,
+    corpus: CorpusOpt = None,
+    task: CorpusTaskOpt = "toolworld",
     set_: SetOpt = None,
 ) -> None:
     """One search call; prints the result text the agent would see."""
-    from etagent.tools.search import SearchConfig, SearchTool
+    from etagent.tools.search import SearchTool
 
-    _call_tool_once(SearchTool.from_config(_load(SearchConfig, config, set_, {"corpus": corpus})), query)
+    _call_tool_once(SearchTool.from_config(_search_config(config, set_, corpus, task)), query)
 
 
 @tool_app.command("python")
@@ -173,6 +182,24 @@ def tool_python(
 
     code = sys.stdin.read() if str(code_file) == "-" else _read_text(code_file)
     _call_tool_once(PythonTool.from_config(_load(PythonConfig, config, set_, {})), code)
+
+
+CorpusOpt = Annotated[str | None, typer.Option(help="JSONL corpus {id,title,text}; default: the task's")]
+CorpusTaskOpt = Annotated[str, typer.Option(help="the task whose corpus is searched when --corpus is not given")]
+
+
+def _search_config(config: Path | None, overrides: list[str] | None, corpus: str | None, task: str) -> Any:
+    """The search tool's config; a local index without a corpus searches the task's."""
+    from etagent.tasks import resolve_task
+    from etagent.tools.search import SearchConfig
+
+    cfg = _load(SearchConfig, config, overrides, {"corpus": corpus})
+    if cfg.corpus is None and cfg.backend != "remote":
+        task_corpus = resolve_task(task).corpus()
+        if task_corpus is None:
+            raise ConfigError(f"task {task!r} has no corpus; give --corpus")
+        cfg.corpus = str(task_corpus)
+    return cfg
 
 
 def _call_tool_once(tool: Tool, content: str) -> None:
@@ -195,17 +222,16 @@ def _read_text(path: Path) -> str:
 @app.command("serve-retriever")
 def serve_retriever(
     config: ConfigOpt = None,
-    corpus: Annotated[str | None, typer.Option(help="JSONL corpus {id,title,text} or 'toolworld'")] = None,
+    corpus: CorpusOpt = None,
+    task: CorpusTaskOpt = "toolworld",
     host: str = "127.0.0.1",
     port: int = 1243,
     set_: SetOpt = None,
 ) -> None:
     """A retrieval server speaking the FlashRAG (/search, /batch_search) and Search-R1 (/retrieve) APIs."""
-    from etagent.tools.search import SearchConfig
     from etagent.tools.search.server import serve
 
-    cfg = _load(SearchConfig, config, set_, {"corpus": corpus})
-    serve(cfg, host=host, port=port)
+    serve(_search_config(config, set_, corpus, task), host=host, port=port)
 
 
 @app.command("serve-model")
@@ -230,7 +256,7 @@ def data_toolworld(
     seed: int = 0,
 ) -> None:
     """Write the tool world (corpus.jsonl, train/dev/test.jsonl) to a directory."""
-    from etagent.data.toolworld import write_toolworld
+    from etagent.tasks.toolworld import write_toolworld
 
     path = write_toolworld(out, seed=seed)
     console.print(f"tool world written to {path}")
@@ -264,12 +290,14 @@ def _print_summary(summary: dict[str, Any], keys: tuple[str, ...]) -> None:
 @app.command()
 def flywheel(
     config: ConfigOpt = None,
-    data: Annotated[str | None, typer.Option(help="JSONL file, toolworld:<split>, or a datasets file/dir")] = None,
+    data: DataOpt = None,
+    task: TaskOpt = None,
     limit: Annotated[int | None, typer.Option(help="first N questions only")] = None,
     rounds: Annotated[int | None, typer.Option(help="evolution rounds per question")] = None,
     policy: Annotated[str | None, typer.Option(help="policy model: embedded or a model dir")] = None,
     cold_start: Annotated[
-        bool | None, typer.Option("--cold-start/--no-cold-start", help="write expert trajectories instead")
+        bool | None,
+        typer.Option("--cold-start/--no-cold-start", help="write the task oracle's trajectories instead"),
     ] = None,
     set_: SetOpt = None,
     run_dir: RunDirOpt = None,
@@ -279,9 +307,10 @@ def flywheel(
 
     shortcuts = {
         "data": data,
+        "task": task,
         "limit": limit,
         "rounds": rounds,
-        "policy.model": policy,
+        "agent.backend.model": policy,
         "cold_start.enabled": cold_start,
     }
     _, run_dir, summary = _run_stage("flywheel", FlywheelConfig, config, set_, shortcuts, run_dir, run_flywheel)
@@ -310,7 +339,8 @@ def sft(
 @app.command()
 def pareto(
     config: ConfigOpt = None,
-    data: Annotated[str | None, typer.Option(help="questions to sample groups for")] = None,
+    data: DataOpt = None,
+    task: TaskOpt = None,
     model: Annotated[str | None, typer.Option(help="the current policy: embedded or a model dir")] = None,
     group_size: Annotated[int | None, typer.Option("--group-size", "-g", help="samples per question")] = None,
     limit: Annotated[int | None, typer.Option(help="first N questions only")] = None,
@@ -322,7 +352,8 @@ def pareto(
 
     shortcuts = {
         "rollout.data": data,
-        "rollout.backend.model": model,
+        "rollout.task": task,
+        "rollout.agent.backend.model": model,
         "rollout.n": group_size,
         "rollout.limit": limit,
     }
@@ -334,7 +365,8 @@ def pareto(
 @app.command()
 def rl(
     config: ConfigOpt = None,
-    data: Annotated[str | None, typer.Option(help="questions, e.g. a Pareto stage file")] = None,
+    data: Annotated[str | None, typer.Option(help="questions, e.g. a Pareto stage file (with --task)")] = None,
+    task: TaskOpt = None,
     model: Annotated[str | None, typer.Option(help="the policy to train: embedded or a model dir")] = None,
     max_steps: Annotated[int | None, typer.Option(help="rollout steps")] = None,
     set_: SetOpt = None,
@@ -344,7 +376,7 @@ def rl(
     from etagent.rl.config import RLConfig
     from etagent.rl.trl_engine import run_rl
 
-    shortcuts = {"data": data, "model": model, "max_steps": max_steps}
+    shortcuts = {"data": data, "task": task, "agent.backend.model": model, "max_steps": max_steps}
     _, run_dir, summary = _run_stage("rl", RLConfig, config, set_, shortcuts, run_dir, run_rl)
     _print_summary(summary, ("steps", "train_seconds", "seconds_per_step", "model", "train_log"))
 
@@ -383,25 +415,9 @@ def demo(run_dir: RunDirOpt = None, config: ConfigOpt = None, set_: SetOpt = Non
 
 # -- evaluation: eval, score, report -------------------------------------------------------------
 
-#: (label, key in a data set's metrics, key in "overall" or None, display kind)
-_EVAL_ROWS = (
-    ("correctness P", "correctness", "P", "pct"),
-    ("Effi", "effi", "Effi", "pct"),
-    ("conciseness", "conciseness", "conciseness", "pct"),
-    ("no redundant call", "conciseness_exact", None, "pct"),
-    ("successful execution", "success_exec_weighted", "success_exec", "pct"),
-    ("correct / 1k tokens", "correctness_per_ktoken", "correctness_per_ktoken", "per_k"),
-    ("exact match", "exact_match", None, "pct"),
-    ("format valid", "format_valid", None, "pct"),
-    ("tool calls / traj", "mean_tool_calls", None, "count"),
-    ("at minimal calls", "at_min_tool_calls", None, "pct"),
-    ("model tokens", "reasoning_length", "reasoning_length", "tokens"),
-)
-
-
 def _metrics_table(title: str, metrics: dict[str, Any]) -> Table:
     """One column per data set plus the overall means (metrics.json), percentages x100."""
-    from etagent.report.format import fmt_value
+    from etagent.report.format import TERMINAL_METRICS, fmt_value
 
     datasets = metrics["datasets"]
     table = Table(title=title)
@@ -409,12 +425,13 @@ def _metrics_table(title: str, metrics: dict[str, Any]) -> Table:
     for name in datasets:
         table.add_column(name, justify="right")
     table.add_column("overall", justify="right")
-    for label, key, overall_key, kind in _EVAL_ROWS:
-        values = [d.get(key) for d in datasets.values()]
-        overall = metrics["overall"].get(overall_key) if overall_key else None
+    for spec in TERMINAL_METRICS:
+        values = [d.get(spec.key) for d in datasets.values()]
+        overall = metrics["overall"].get(spec.overall) if spec.overall else None
         if all(v is None for v in values) and overall is None:
             continue
-        table.add_row(label, *[fmt_value(v, kind) for v in values], fmt_value(overall, kind))
+        row = [fmt_value(v, spec.kind) for v in [*values, overall]]
+        table.add_row(spec.short_label, *row)
     table.add_row("trajectories", *[str(d.get("n", 0)) for d in datasets.values()], "")
     return table
 
@@ -424,12 +441,12 @@ def eval_(
     config: ConfigOpt = None,
     data: Annotated[
         list[str] | None,
-        typer.Option(help="data set (repeatable; replaces the config's): JSONL file, toolworld:<split>, ..."),
+        typer.Option(help="data set (repeatable; replaces the config's): toolworld:<split>, a task YAML, a file"),
     ] = None,
-    backend: Annotated[str | None, typer.Option(help="hf, openai or expert")] = None,
+    backend: BackendOpt = None,
     model: Annotated[str | None, typer.Option(help="embedded, tiny, or a local model dir")] = None,
     limit: Annotated[int | None, typer.Option(help="first N questions of every data set")] = None,
-    few_shot: Annotated[int | None, typer.Option(help="expert example trajectories in the prompt")] = None,
+    few_shot: FewShotOpt = None,
     set_: SetOpt = None,
     run_dir: RunDirOpt = None,
 ) -> None:
@@ -441,7 +458,12 @@ def eval_(
         EvalConfig,
         config,
         set_,
-        {"datasets": datasets, "backend.kind": backend, "backend.model": model, "few_shot": few_shot},
+        {
+            "datasets": datasets,
+            "agent.backend.kind": backend,
+            "agent.backend.model": model,
+            "agent.few_shot": few_shot,
+        },
         run_dir,
     )
     if limit is not None:
@@ -450,7 +472,7 @@ def eval_(
     run_dir = run_dir or new_run_dir("eval")
     prepare_run_dir(run_dir, cfg)
     metrics = run_eval(cfg, run_dir)
-    console.print(_metrics_table(f"eval ({cfg.backend.kind}:{cfg.backend.model})", metrics))
+    console.print(_metrics_table(f"eval ({cfg.agent.backend.kind}:{cfg.agent.backend.model})", metrics))
     console.print(f"report: {run_dir / 'report.html'}")
 
 

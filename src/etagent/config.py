@@ -13,14 +13,54 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+C = TypeVar("C", bound=BaseModel)
 
 
 class ConfigModel(BaseModel):
-    """Base of every config section: unknown keys are rejected."""
+    """Base of every config section: unknown keys are rejected.
+
+    A section given as a mapping is laid over the section's default, not over its class's
+    defaults: when a stage's default agent samples at T=1.0, top_p 0.95, then ``agent: {budget:
+    ...}`` in a file changes the budget and keeps that sampling.
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _over_field_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        merged = None
+        for name, field in cls.model_fields.items():
+            key = field.alias or name
+            given = data.get(key)
+            if not isinstance(given, dict) or field.default_factory is None:
+                continue
+            default = field.default_factory()  # type: ignore[call-arg]
+            if not isinstance(default, BaseModel):
+                continue
+            chosen = default.model_dump(exclude_unset=True, by_alias=True)
+            if chosen:
+                merged = merged if merged is not None else dict(data)
+                merged[key] = _deep_merged(chosen, given)
+        return merged if merged is not None else data
+
+
+def validate_section(key: str, value: Any, cls: type[C]) -> C:
+    """``value`` (a mapping, None or already a ``cls``) as the typed section ``key``; errors name
+    ``key.field`` (a plugin's section is validated inside its parent's validator)."""
+    if isinstance(value, cls):
+        return value
+    try:
+        return cls.model_validate(value if value is not None else {})
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join([key, *map(str, err['loc'])])}: {err['msg']}" for err in e.errors()
+        )
+        raise ValueError(problems) from None
 
 
 class _Loader(yaml.SafeLoader):
@@ -38,9 +78,6 @@ _Loader.add_implicit_resolver(
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the file and field."""
-
-
-C = TypeVar("C", bound=BaseModel)
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -97,7 +134,7 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"invalid config ({source}):"]
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "<root>"
-        lines.append(f"  {loc}: {e['msg']}")
+        lines.append(f"  {loc}: {e['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)
 
 
@@ -122,6 +159,12 @@ def load_config(
         return cls.model_validate(tree)
     except ValidationError as e:
         raise ConfigError(_format_validation_error(e, ", ".join(sources) or "defaults")) from None
+
+
+def _deep_merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    _deep_update(out, over)
+    return out
 
 
 def _deep_update(dst: dict[str, Any], src: dict[str, Any]) -> None:

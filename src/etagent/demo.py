@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from etagent.backends.config import ExpertConfig
+from etagent.agent import AgentConfig
 from etagent.eval.stage import EvalConfig, EvalDataset
 from etagent.flywheel.stage import ColdStartConfig, FlywheelConfig
 from etagent.pareto.selection import ParetoConfig
@@ -31,9 +31,7 @@ def _cold_start() -> FlywheelConfig:
     return FlywheelConfig(
         data="toolworld:train",
         limit=160,
-        cold_start=ColdStartConfig(
-            enabled=True, samples=2, expert=ExpertConfig(redundant_rate=0.2, missing_rate=0.1)
-        ),
+        cold_start=ColdStartConfig(enabled=True, samples=2, expert={"redundant_rate": 0.2, "missing_rate": 0.1}),
     )
 
 
@@ -42,9 +40,8 @@ def _flywheel() -> FlywheelConfig:
         data="toolworld:train",
         limit=8,
         rounds=2,
-        budget=_BUDGET,
+        agent=AgentConfig(budget=_BUDGET, sampling=SamplingConfig(temperature=1.0, top_p=0.95), max_active=64),
         continuation_budget=_BUDGET,
-        sampling=SamplingConfig(temperature=1.0, top_p=0.95),
     )
 
 
@@ -54,8 +51,7 @@ def _pareto() -> ParetoStageConfig:
             data="toolworld:train",
             limit=10,
             n=4,
-            budget=_BUDGET,
-            sampling=SamplingConfig(temperature=1.0),
+            agent=AgentConfig(budget=_BUDGET, sampling=SamplingConfig(temperature=1.0)),
             output="groups.jsonl",
         ),
         selection=ParetoConfig(budget=6),
@@ -72,13 +68,16 @@ def _rl() -> RLConfig:
         max_steps=3,
         # measured (benchmarks/bench_calibration.py): 1e-5 moves this model within a few steps
         learning_rate=1e-5,
-        budget=_BUDGET.model_copy(update={"on_budget": "stop"}),
+        agent=AgentConfig(budget=_BUDGET.model_copy(update={"on_budget": "stop"})),
         save_steps=2,
     )
 
 
 def _eval() -> EvalConfig:
-    return EvalConfig(datasets=[EvalDataset(data="toolworld:dev", limit=20)], budget=_BUDGET)
+    return EvalConfig(
+        datasets=[EvalDataset(data="toolworld:dev", limit=20)],
+        agent=AgentConfig(budget=_BUDGET, sampling=SamplingConfig(temperature=0.0)),
+    )
 
 
 class DemoConfig(PipelineConfig):

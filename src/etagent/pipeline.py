@@ -23,7 +23,6 @@ from typing import Any
 from pydantic import Field
 
 from etagent.config import ConfigModel
-from etagent.data.loader import load_questions
 from etagent.eval.stage import EvalConfig, run_eval
 from etagent.flywheel.export import SFT_FILE
 from etagent.flywheel.stage import FlywheelConfig, run_flywheel
@@ -33,6 +32,7 @@ from etagent.pareto.stage import STAGES_DIR, ParetoStageConfig, run_pareto
 from etagent.report.build import write_report
 from etagent.rl.config import RLConfig
 from etagent.rl.trl_engine import run_rl
+from etagent.tasks import load_questions
 from etagent.train.sft import SFTConfig, run_sft
 
 log = logging.getLogger("etagent.pipeline")
@@ -102,7 +102,7 @@ class Pipeline:
         if cfg.cold_start:
             cold = cfg.cold_start_data.model_copy(deep=True)
             cold.cold_start.enabled = True
-            cold.policy.model = policy
+            cold.agent = cold.agent.with_model(policy)
             self.stage("01-cold-start-data", lambda d: run_flywheel(cold, d))
             cold_file = self.run_dir / "01-cold-start-data" / SFT_FILE
             sft_data.append(cold_file)
@@ -110,8 +110,7 @@ class Pipeline:
             self.stage("02-cold-start-sft", lambda d: run_sft(cold_sft, d))
             policy = str(self.run_dir / "02-cold-start-sft" / cold_sft.output)
 
-        flywheel = cfg.flywheel.model_copy(deep=True)
-        flywheel.policy.model = policy
+        flywheel = cfg.flywheel.model_copy(update={"agent": cfg.flywheel.agent.with_model(policy)})
         self.stage("03-flywheel", lambda d: run_flywheel(flywheel, d))
         sft_data.insert(0, self.run_dir / "03-flywheel" / SFT_FILE)
 
@@ -128,9 +127,8 @@ class Pipeline:
 
         earlier_stages: list[str] = []
         for k in range(1, cfg.curriculum_stages + 1):
-            pareto = cfg.pareto.model_copy(deep=True)
-            pareto.rollout.backend.model = policy
-            pareto.exclude = pareto.exclude + earlier_stages
+            rollout = cfg.pareto.rollout.model_copy(update={"agent": cfg.pareto.rollout.agent.with_model(policy)})
+            pareto = cfg.pareto.model_copy(update={"rollout": rollout, "exclude": cfg.pareto.exclude + earlier_stages})
             pareto_dir = self.run_dir / f"05-pareto-{k}"
             self.stage(pareto_dir.name, lambda d, p=pareto: run_pareto(p, d))
             stage_questions = stage_file(pareto_dir / STAGES_DIR, 1)
@@ -138,7 +136,14 @@ class Pipeline:
             if not load_questions(str(stage_questions)):
                 log.warning("pipeline: Pareto stage %d selected no question; RL stage %d skipped", k, k)
                 continue
-            rl = cfg.rl.model_copy(update={"model": policy, "data": str(stage_questions)})
+            # the stage file holds questions of the task the Pareto stage sampled
+            rl = cfg.rl.model_copy(
+                update={
+                    "agent": cfg.rl.agent.with_model(policy),
+                    "data": str(stage_questions),
+                    "task": rollout.data_ref().task_spec,
+                }
+            )
             self.stage(f"06-rl-{k}", lambda d, r=rl: run_rl(r, d))
             policy = str(self.run_dir / f"06-rl-{k}" / "model")
 
@@ -149,8 +154,7 @@ class Pipeline:
             models = {"base": cfg.base_model, **models}
         eval_dirs = []
         for label, model in models.items():
-            ev = cfg.eval.model_copy(deep=True)
-            ev.backend.model = model
+            ev = cfg.eval.model_copy(update={"agent": cfg.eval.agent.with_model(model)})
             eval_dir = self.run_dir / "07-eval" / label  # the directory name labels the run in the report
             self.stage(f"07-eval/{label}", lambda d, e=ev: run_eval(e, d))
             eval_dirs.append(eval_dir)

@@ -8,7 +8,8 @@ import torch
 
 @pytest.fixture(scope="session")
 def tiny_gen(tiny_model_path):
-    from etagent.backends.config import BackendConfig, HFConfig
+    from etagent.backends.config import BackendConfig
+    from etagent.backends.hf import HFConfig
     from etagent.backends.hf import HFGenerator
 
     gen = HFGenerator.from_config(

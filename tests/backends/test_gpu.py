@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from etagent.backends.base import SamplingParams
-from etagent.backends.config import BackendConfig, HFConfig, build_generator
+from etagent.backends.config import BackendConfig, build_generator
+from etagent.backends.hf import HFConfig
 
 pytestmark = pytest.mark.gpu
 

@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from etagent.backends.base import SamplingParams
-from etagent.backends.config import BackendConfig, HFConfig
-from etagent.backends.hf import HFGenerator, _top_p_filter
+from etagent.backends.config import BackendConfig
+from etagent.backends.hf import HFConfig
+from etagent.backends.hf import HFGenerator
+from etagent.backends.hf.sampling import _top_p_filter
 from tests.backends.scripted import MarkovLM, chain
 
 
@@ -301,7 +303,7 @@ def test_prefix_cache_is_dropped_when_weights_change(tiny_model_path, tokenizer)
 def test_rows_join_a_running_batch_as_others_finish(gen, monkeypatch):
     """Continuous batching: with batch_size 4 and 10 prompts, waiting rows join the batch as soon
     as others stop, and every row still gets exactly what it gets alone."""
-    from etagent.backends import hf
+    from etagent.backends.hf import engine
 
     tok = gen.tokenizer
     prompts = [
@@ -311,9 +313,9 @@ def test_rows_join_a_running_batch_as_others_finish(gen, monkeypatch):
     alone = [gen.generate([p], params)[0][0] for p in prompts]
     assert len({len(c.token_ids) for c in alone}) > 2, "rows should stop at different steps"
     joins = []
-    original = hf._Batch.stack
+    original = engine._Batch.stack
     monkeypatch.setattr(
-        hf._Batch,
+        engine._Batch,
         "stack",
         lambda self, other, room: (joins.append(len(other.rows)), original(self, other, room)),
     )

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from etagent.flywheel import operators as ops
 from etagent.flywheel import steps as st
-from etagent.flywheel.roles import CriticConfig, LLMCritic, analyse_steps
+from etagent.flywheel.roles import CriticConfig, LLMCritic
 from etagent.flywheel.stage import FlywheelConfig
 from etagent.protocol import tags
 from etagent.scoring.correctness import exact_match
+from etagent.tasks.toolworld.critic import analyse_steps
 from tests.flywheel.conftest import question_of
 from tests.flywheel.scripted import CannedGenerator
 
-FRESH = FlywheelConfig().budget
+FRESH = FlywheelConfig().agent.budget
 EDIT = FlywheelConfig().continuation_budget
 
 

@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 
 from etagent.config import load_config
-from etagent.data.expert import ExpertPolicy
 from etagent.flywheel import operators as ops
 from etagent.flywheel.buffer import BufferRecord, FlywheelEntry, select_parent
-from etagent.flywheel.roles import ExpertCritic
 from etagent.flywheel.stage import Flywheel, FlywheelConfig, run_flywheel
 from etagent.io import read_records
 from etagent.protocol import tags
 from etagent.records import Question, Trajectory
 from etagent.rollout.loop import AgentLoop
+from etagent.tasks.toolworld import ExpertPolicy
+from etagent.tasks.toolworld.critic import ExpertCritic
 from etagent.train.sft_data import load_sft_examples
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

@@ -18,16 +18,16 @@ def _config() -> PipelineConfig:
             "base_model": "tiny",
             "cold_start_data": {"data": "toolworld:train", "limit": 6},
             "cold_start_sft": {"data": "", "max_steps": 1, "grad_accum": 1, "max_length": 512},
-            "flywheel": {"data": "toolworld:train", "limit": 2, "rounds": 1, "budget": SMALL_BUDGET,
+            "flywheel": {"data": "toolworld:train", "limit": 2, "rounds": 1, "agent": {"budget": SMALL_BUDGET},
                          "continuation_budget": SMALL_BUDGET},
             "sft": {"data": "", "max_steps": 1, "grad_accum": 1, "max_length": 512},
             "pareto": {
-                "rollout": {"data": "toolworld:train", "limit": 3, "n": 2, "budget": SMALL_BUDGET},
+                "rollout": {"data": "toolworld:train", "limit": 3, "n": 2, "agent": {"budget": SMALL_BUDGET}},
                 "selection": {"budget": 2, "mixed_outcome_filter": "off"},
             },
             "rl": {"num_generations": 2, "use_arpo": False, "arpo": {"n": 2, "initial_rollouts": 2},
-                   "questions_per_step": 1, "micro_batch_size": 2, "max_steps": 1, "budget": SMALL_BUDGET},
-            "eval": {"datasets": [{"data": "toolworld:dev", "limit": 2}], "budget": SMALL_BUDGET},
+                   "questions_per_step": 1, "micro_batch_size": 2, "max_steps": 1, "agent": {"budget": SMALL_BUDGET}},
+            "eval": {"datasets": [{"data": "toolworld:dev", "limit": 2}], "agent": {"budget": SMALL_BUDGET}},
         }
     )
 

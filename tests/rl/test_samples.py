@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from etagent.records import Question, Segment, Trajectory
-from etagent.rl.samples import score_groups, split_groups, to_policy_sample
+from etagent.rl.samples import batch_rewards, split_groups, to_policy_sample
 from etagent.scoring.reward import RewardConfig, group_rewards
 
 EOS = 2
@@ -45,8 +45,8 @@ def test_groups_are_consecutive_and_never_mix_questions():
         split_groups([1, 2, 3, 4], 3)
     cfg = RewardConfig()
     trajs = [_traj("a"), _traj("a", text="<answer>\\boxed{7}</answer>"), _traj("b"), _traj("b")]
-    parts = score_groups(trajs, 2, cfg, step=1, total_steps=4)
+    parts = batch_rewards(trajs, 2, cfg, step=1, total_steps=4)
     assert parts == group_rewards(trajs[:2], cfg, 1, 4) + group_rewards(trajs[2:], cfg, 1, 4)
     assert [p.correctness for p in parts] == [1.0, 0.0, 1.0, 1.0]
     with pytest.raises(ValueError, match="mixes questions"):
-        score_groups([trajs[0], trajs[2], trajs[1], trajs[3]], 2, cfg)
+        batch_rewards([trajs[0], trajs[2], trajs[1], trajs[3]], 2, cfg)

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from etagent.data.toolworld import load_split
 from etagent.records import Question
 from etagent.rl import RLConfig, run_rl
 from etagent.rl.trl_engine import JsonlLog, build_trainer
+from etagent.tasks.toolworld import load_split
 from tests.rl.scripted import CyclingScripts
 from tests.rollout.test_loop import EchoTool
 
@@ -127,7 +127,9 @@ def test_two_steps_checkpoint_and_resume_to_three(tiny_model_path, tmp_path):
 
     from safetensors.torch import load_file
 
-    from etagent.backends.config import BackendConfig, HFConfig
+    from etagent.backends.config import BackendConfig
+
+    from etagent.backends.hf import HFConfig
     from etagent.backends.hf import HFGenerator
 
     gen = HFGenerator.from_config(BackendConfig(model=summary["model"], hf=HFConfig(threads=1, device="cpu")))

@@ -53,7 +53,7 @@ def _loop(tokenizer, fail_after):
 
 
 def test_interrupted_rollout_resumes_without_duplicates(tokenizer, data_file, tmp_path):
-    cfg = RolloutConfig(data=str(data_file), n=2, max_active=2)
+    cfg = RolloutConfig(data=str(data_file), n=2, agent={"max_active": 2})
     run_dir = tmp_path / "run"
     loop, _ = _loop(tokenizer, fail_after=5)  # each question takes 2 turns; dies in the 3rd question
     with pytest.raises(Interrupt):

@@ -152,3 +152,87 @@ def test_math_equal_works_off_the_main_thread():
 
     with ThreadPoolExecutor(2) as pool:
         assert list(pool.map(math_verify_equal, ["\\frac{2}{4}", "0.25"], ["1/2", "1/3"])) == [True, False]
+
+
+# ------------------------------------------------------------------------------------------------
+# the one correctness rule and the three callers that use it
+
+from etagent.flywheel.buffer import judge_trajectories  # noqa: E402
+from etagent.scoring.correctness import Correctness, answer_correctness  # noqa: E402
+from etagent.scoring.metrics import score_trajectory  # noqa: E402
+from etagent.scoring.reward import RewardConfig, group_rewards  # noqa: E402
+from tests.scoring.helpers import make_traj  # noqa: E402
+
+
+def _qa(gold="new york"):
+    return Question(id="q0", question="?", answer=gold)
+
+
+def test_answer_correctness_standard_rules_and_normalisations():
+    q = _qa(["Paris France"])
+    assert answer_correctness(q, "Paris, France") == Correctness(0.5, "f1")  # reference keeps ","
+    assert answer_correctness(q, "Paris, France", normalisation="squad") == Correctness(1.0, "f1")
+    assert answer_correctness(q, "Paris, France", qa_metric="exact_match") == Correctness(0.0, "exact_match")
+    assert answer_correctness(_qa(), "NewYork", qa_metric="exact_match", normalisation="compact").value == 1.0
+    maths = Question(id="m", question="?", answer="\\frac{1}{2}", task="math")
+    assert answer_correctness(maths, "0.5") == Correctness(1.0, "math_equiv")
+    # a blank prediction against a gold that normalises to nothing: F1 1, unless blank is wrong
+    assert answer_correctness(_qa("the"), " ", normalisation="squad").value == 1.0
+    assert answer_correctness(_qa("the"), " ", normalisation="squad", blank_is_wrong=True).value == 0.0
+    with pytest.raises(ValueError, match="unknown QA metric"):
+        answer_correctness(q, "a", qa_metric="accuracy")  # type: ignore[arg-type]
+
+
+def test_judge_before_task_check_before_standard_rule():
+    maths = Question(id="m", question="?", answer="\\frac{1}{2}", task="math")
+    always_zero = lambda q, p: 0.0  # noqa: E731
+    # the judge's verdict decides maths, even against the task's check
+    judged = answer_correctness(maths, "0.5", judge_verdict=False, check=always_zero)
+    assert judged == Correctness(0.0, "judge")
+    assert answer_correctness(maths, "0.5", check=always_zero) == Correctness(0.0, "task")
+    # a verdict means nothing for a QA question (evaluation only judges maths)
+    assert answer_correctness(_qa(), "new york", judge_verdict=False) == Correctness(1.0, "f1")
+    # None from the check: the standard rule
+    assert answer_correctness(_qa(), "new york", check=lambda q, p: None) == Correctness(1.0, "f1")
+    with pytest.raises(ValueError, match=r"returned 1.5 for question 'q0'"):
+        answer_correctness(_qa(), "x", check=lambda q, p: 1.5)
+
+
+def _gotham(question, prediction):
+    """A task's own check: only "Gotham" is right, whatever the gold says."""
+    return 1.0 if prediction == "Gotham" else 0.0
+
+
+class _Critic:
+    def __init__(self):
+        self.asked = []
+
+    def judge_correct(self, items):
+        self.asked += items
+        return [p == "0.5" for _, p in items]
+
+
+def test_every_caller_passes_the_task_check_through():
+    group = [make_traj("Gotham", gold="new york"), make_traj("new york", gold="new york")]
+    flat = RewardConfig(sigma_tool=0, sigma_length=0)
+    assert [p.correctness for p in group_rewards(group, flat)] == [0.0, 1.0]
+    assert [p.correctness for p in group_rewards(group, flat, check=_gotham)] == [1.0, 0.0]
+    rows = [score_trajectory(t, "d", check=_gotham) for t in group]
+    assert [(r.correctness, r.correctness_metric) for r in rows] == [(1.0, "task"), (0.0, "task")]
+    assert [r.f1 for r in rows] == [0.0, 1.0]  # the F1 column is still the F1
+    maths = make_traj("0.5", gold="\\frac{1}{2}", task="math")
+    critic = _Critic()
+    verdicts = judge_trajectories([*group, maths], critic, check=_gotham)
+    assert [(v.correct, v.correctness, v.metric) for v in verdicts] == [
+        (True, 1.0, "task"),
+        (False, 0.0, "task"),
+        (True, 1.0, "judge"),  # the critic's judge keeps maths
+    ]
+    assert critic.asked == [(maths.question, "0.5")]
+    # without a check: token F1 at the threshold, as before
+    plain = judge_trajectories([*group, maths], _Critic(), qa_f1_threshold=0.8)
+    assert [(v.correct, v.correctness, v.metric) for v in plain] == [
+        (False, 0.0, "f1"),
+        (True, 1.0, "f1"),
+        (True, 1.0, "judge"),
+    ]

@@ -126,15 +126,12 @@ def test_malformed_lines_name_file_line_and_field(tmp_path):
 
 def test_expert_rollouts_convert_to_the_exact_rollout_tokens(tokenizer):
     """trajectories -> sft.jsonl rows -> tokens gives back the rollout's own ids and masks."""
-    from etagent.backends.config import BackendConfig
-    from etagent.data.expert import ExpertPolicy
-    from etagent.data.toolworld import load_split
-    from etagent.rollout.few_shot import pick_examples
     from etagent.rollout.loop import AgentLoop
+    from etagent.tasks.toolworld import ExpertPolicy, ToolWorldTask, load_split, pick_examples
     from etagent.tools.config import ToolsConfig, build_tools
 
-    tools = build_tools(ToolsConfig())
-    loop = AgentLoop(ExpertPolicy.from_config(BackendConfig(kind="expert")), tools)
+    tools = build_tools(ToolsConfig().with_section("search", corpus=str(ToolWorldTask().corpus())))
+    loop = AgentLoop(ExpertPolicy(tokenizer), tools)
     try:
         trajs = loop.run(pick_examples(load_split("train"), 6), n=1)
     finally:

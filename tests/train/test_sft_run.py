@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from etagent.backends.base import SamplingParams
-from etagent.backends.config import BackendConfig, HFConfig, build_generator
+from etagent.backends.config import BackendConfig, build_generator
+from etagent.backends.hf import HFConfig
 from etagent.config import load_config
 from etagent.io import iter_jsonl
 from etagent.train import sft as sft_stage

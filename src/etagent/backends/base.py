@@ -17,7 +17,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
+
+from etagent.config import ConfigModel
 
 Message = dict[str, str]
 #: A prompt is either token ids or a chat conversation (rendered with the backend's chat template,
@@ -55,10 +57,21 @@ class Completion:
 
 
 class Generator(ABC):
-    """A text generator. Subclasses set ``tokenizer`` (a Hugging Face tokenizer) and ``name``."""
+    """A text generator. Subclasses set ``tokenizer`` (a Hugging Face tokenizer) and ``name``.
+
+    A backend is found by name in :data:`etagent.backends.config.BACKENDS` and built with
+    ``from_config(backend_config)``; its own settings are ``config_class``, the config section named
+    after the backend (``backend.hf``, ``backend.openai``; ``backend.settings`` for a dotted path).
+    """
 
     name: str = "generator"
     tokenizer: Any
+    config_class: ClassVar[type[ConfigModel] | None] = None
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Generator:
+        """The generator a :class:`~etagent.backends.config.BackendConfig` describes."""
+        raise NotImplementedError(f"{cls.__name__} cannot be built from a config")
 
     @abstractmethod
     def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[list[Completion]]:

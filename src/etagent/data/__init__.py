@@ -1,35 +1,10 @@
-"""Question loading, the embedded synthetic tool world and its scripted expert policy."""
+"""Question loading from files (benchmark JSONL, Hugging Face ``datasets``); tasks such as the
+embedded tool world live in :mod:`etagent.tasks`."""
 
-from etagent.data.expert import ExpertPolicy, Variant, expert_plan_text, redundancy_options, variant_segments
-from etagent.data.loader import load_hf_questions, load_questions, read_benchmark_jsonl
-from etagent.data.toolworld import (
-    QTYPES,
-    SPLITS,
-    ToolWorld,
-    WorldConfig,
-    default_corpus_path,
-    ensure_toolworld,
-    generate_world,
-    load_split,
-    write_toolworld,
-)
+from etagent.data.loader import load_hf_questions, load_question_file, read_benchmark_jsonl
 
 __all__ = [
-    "QTYPES",
-    "SPLITS",
-    "ExpertPolicy",
-    "ToolWorld",
-    "Variant",
-    "WorldConfig",
-    "default_corpus_path",
-    "ensure_toolworld",
-    "expert_plan_text",
-    "generate_world",
     "load_hf_questions",
-    "load_questions",
-    "load_split",
+    "load_question_file",
     "read_benchmark_jsonl",
-    "redundancy_options",
-    "variant_segments",
-    "write_toolworld",
 ]

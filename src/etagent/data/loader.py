@@ -1,6 +1,7 @@
-"""Load questions from any of the places etagent reads them.
+"""Load questions from files: benchmark JSONL and Hugging Face ``datasets`` sources.
 
-``load_questions(spec)`` accepts:
+``load_question_file(path)`` accepts (tasks, such as the tool world, are named by a stage's
+``data`` setting and resolved by :func:`etagent.tasks.resolve_data`, which calls this for files):
 
 (a) a JSON-lines file in the benchmark schema (``../shared/data/benchmarks/README.md``)::
 
@@ -9,10 +10,7 @@
     validated line by line with :class:`etagent.records.Question` (an optional ``meta`` object is
     allowed); errors name the file, line and field, duplicate ids name both lines;
 
-(b) ``toolworld:<split>`` (``train``, ``dev``, ``test``), optionally ``toolworld:<split>@<seed>``:
-    the embedded synthetic tool world (:mod:`etagent.data.toolworld`);
-
-(c) a Hugging Face ``datasets`` source, loaded offline: a ``.parquet``, ``.arrow``, ``.csv`` or
+(b) a Hugging Face ``datasets`` source, loaded offline: a ``.parquet``, ``.arrow``, ``.csv`` or
     ``.json`` file, a directory written by ``save_to_disk``, or a directory of data files; also a
     ``.jsonl`` file whenever a field-mapping option is given. Column mapping (keyword options):
 
@@ -48,7 +46,6 @@ from typing import Any
 from etagent.io import DataError, iter_jsonl, validate_record
 from etagent.records import Question
 
-TOOLWORLD_PREFIX = "toolworld:"
 _HF_OPTIONS = {
     "question_field",
     "answer_field",
@@ -62,48 +59,27 @@ _HF_OPTIONS = {
 _HF_SUFFIXES = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".json": "json", ".jsonl": "json"}
 
 
-def load_questions(spec: str | Path, limit: int | None = None, **hf_options: Any) -> list[Question]:
-    """Questions from a benchmark JSONL file, ``toolworld:<split>[@seed]`` or a Hugging Face source.
+def load_question_file(path: str | Path, limit: int | None = None, **hf_options: Any) -> list[Question]:
+    """Questions from a benchmark JSONL file or a Hugging Face source.
 
-    ``limit`` keeps the first ``limit`` questions. ``hf_options`` is the column mapping of (c).
+    ``limit`` keeps the first ``limit`` questions. ``hf_options`` is the column mapping of (b).
     """
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
     unknown = set(hf_options) - _HF_OPTIONS
     if unknown:
-        raise TypeError(f"unknown load_questions option(s) {sorted(unknown)}; known: {sorted(_HF_OPTIONS)}")
-    text = str(spec)
-    if text.startswith(TOOLWORLD_PREFIX):
-        if hf_options:
-            raise TypeError(f"{text}: column-mapping options do not apply to the tool world")
-        return _limit(_load_toolworld(text), limit)
-    path = Path(text).expanduser()
+        raise TypeError(
+            f"unknown load_question_file option(s) {sorted(unknown)}; known: {sorted(_HF_OPTIONS)}"
+        )
+    path = Path(path).expanduser()
     if not path.exists():
         raise DataError(
-            f"{path}: no such file or directory (expected a JSONL file, a Hugging Face "
-            f"dataset file or directory, or toolworld:<split>)"
+            f"{path}: no such file or directory (expected a JSONL file or a Hugging Face "
+            "dataset file or directory)"
         )
     if path.is_file() and path.suffix == ".jsonl" and not hf_options:
         return read_benchmark_jsonl(path, limit)
     return load_hf_questions(path, limit=limit, **hf_options)
-
-
-def _limit(questions: list[Question], limit: int | None) -> list[Question]:
-    return questions if limit is None else questions[:limit]
-
-
-def _load_toolworld(spec: str) -> list[Question]:
-    from etagent.data.toolworld import SPLITS, load_split
-
-    rest = spec[len(TOOLWORLD_PREFIX) :]
-    split, _, seed_text = rest.partition("@")
-    if split not in SPLITS:
-        raise DataError(f"{spec}: unknown tool-world split {split!r}; expected one of {list(SPLITS)}")
-    try:
-        seed = int(seed_text) if seed_text else 0
-    except ValueError:
-        raise DataError(f"{spec}: the seed after '@' must be an integer, got {seed_text!r}") from None
-    return load_split(split, seed=seed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -126,7 +102,7 @@ def read_benchmark_jsonl(path: str | Path, limit: int | None = None) -> list[Que
 
 
 # --------------------------------------------------------------------------------------------
-# (c) Hugging Face datasets
+# (b) Hugging Face datasets
 
 
 def _open_hf(path: Path, split: str | None) -> Any:

@@ -20,18 +20,26 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from etagent.backends.config import BackendConfig
+from etagent.agent import AgentConfig, build_agent, build_generator_for
+from etagent.backends.base import Generator
 from etagent.config import ConfigModel
-from etagent.data.loader import TOOLWORLD_PREFIX, load_questions
 from etagent.io import DataError
+from etagent.registry import is_dotted_path
 from etagent.report.build import ReportConfig, write_report
 from etagent.report.loader import DATASETS_DIR
-from etagent.rollout.loop import AgentLoop, BudgetConfig, SamplingConfig
-from etagent.rollout.stage import TRAJECTORIES, RolloutConfig, build_loop, completed_questions, run_rollout
+from etagent.rollout.loop import SamplingConfig
+from etagent.rollout.stage import (
+    DATA_HELP,
+    TASK_HELP,
+    TRAJECTORIES,
+    RolloutConfig,
+    completed_questions,
+    run_rollout,
+)
 from etagent.scoring.correctness import QAMetric
 from etagent.scoring.judge import JudgeConfig, LLMJudge
 from etagent.scoring.metrics import score_run
-from etagent.tools.config import ToolsConfig
+from etagent.tasks import TASKS
 
 log = logging.getLogger("etagent.eval")
 
@@ -41,8 +49,12 @@ _SPLIT_STEMS = {"test", "dev", "val", "valid", "validation", "train", "eval"}
 
 def default_dataset_name(data: str) -> str:
     """``toolworld:dev`` -> ``toolworld-dev``; ``.../hotpotqa/test.jsonl`` -> ``hotpotqa-test``."""
-    if data.startswith(TOOLWORLD_PREFIX):
-        raw = "toolworld-" + data[len(TOOLWORLD_PREFIX) :]
+    task, colon, split = data.rpartition(":")
+    if colon and (task in TASKS or is_dotted_path(task)):
+        raw = f"{task.rpartition(':')[2]}-{split}"  # toolworld-dev, ArithmeticTask-dev
+    elif colon and task.endswith((".yaml", ".yml")):
+        path = Path(task)
+        raw = f"{path.parent.name if path.stem == 'task' else path.stem}-{split}"  # capitals-dev
     else:
         path = Path(data.rstrip("/"))
         raw = (
@@ -55,7 +67,8 @@ def default_dataset_name(data: str) -> str:
 
 
 class EvalDataset(ConfigModel):
-    data: str = Field(description="JSONL path, toolworld:<split>, or a datasets file/dir")
+    data: str = Field(description=DATA_HELP)
+    task: str | None = Field(None, description=TASK_HELP)
     name: str | None = Field(
         None, description="directory under datasets/ and the label in reports; None = from data"
     )
@@ -74,20 +87,15 @@ class EvalDataset(ConfigModel):
         return self.name or default_dataset_name(self.data)
 
 
-def _greedy() -> SamplingConfig:
-    return SamplingConfig(temperature=0.0)
+def _greedy_agent() -> AgentConfig:
+    return AgentConfig(sampling=SamplingConfig(temperature=0.0))
 
 
 class EvalConfig(ConfigModel):
     datasets: list[EvalDataset] = Field(
         default_factory=lambda: [EvalDataset(data="toolworld:dev")], min_length=1
     )
-    backend: BackendConfig = Field(default_factory=BackendConfig)
-    tools: ToolsConfig = Field(default_factory=ToolsConfig)
-    budget: BudgetConfig = Field(default_factory=BudgetConfig)
-    sampling: SamplingConfig = Field(default_factory=_greedy, description="default: greedy")
-    few_shot: int = Field(0, ge=0, description="expert-written example trajectories in the prompt")
-    max_active: int = Field(16, ge=1, description="trajectories generated together (continuous batching)")
+    agent: AgentConfig = Field(default_factory=_greedy_agent, description="the agent; default sampling: greedy")
     judge: JudgeConfig | None = Field(
         None, description="LLM judge: maths correctness and conciseness; None = rules only"
     )
@@ -109,14 +117,10 @@ class EvalConfig(ConfigModel):
         """The rollout stage's config for one data set (the run directory is datasets/<name>)."""
         return RolloutConfig(
             data=dataset.data,
+            task=dataset.task,
             limit=dataset.limit,
             n=dataset.n,
-            backend=self.backend,
-            tools=self.tools,
-            budget=self.budget,
-            sampling=self.sampling,
-            few_shot=self.few_shot,
-            max_active=self.max_active,
+            agent=self.agent,
             output=TRAJECTORIES,
         )
 
@@ -126,37 +130,39 @@ def dataset_dir(run_dir: Path, name: str) -> Path:
 
 
 def _has_work(cfg: RolloutConfig, out_dir: Path) -> bool:
-    questions = load_questions(cfg.data, limit=cfg.limit)
+    questions = cfg.data_ref().questions(cfg.limit)
     done = completed_questions(out_dir / cfg.output, cfg.n)
     return any(q.id not in done for q in questions)
 
 
-def _close_loop(loop: AgentLoop) -> None:
-    loop.generator.close()
-    for tool in loop.tools.values():
-        tool.close()
-    loop.close()
-
-
 def run_rollouts(cfg: EvalConfig, run_dir: Path) -> dict[str, dict[str, Any]]:
-    """Roll out every data set not yet complete, sharing one AgentLoop (one model load).
+    """Roll out every data set not yet complete; the model is loaded once for all of them, the
+    tools and prompt examples are each data set's task's.
 
     Returns the rollout stage's summary per data set.
     """
     summaries: dict[str, dict[str, Any]] = {}
-    loop: AgentLoop | None = None
+    generator: Generator | None = None
     try:
         for dataset in cfg.datasets:
             name = dataset.dataset_name
             rollout_cfg = cfg.rollout_config(dataset)
             out_dir = dataset_dir(run_dir, name)
-            if loop is None and _has_work(rollout_cfg, out_dir):
-                loop = build_loop(rollout_cfg)
             log.info("eval: data set %s (%s)", name, dataset.data)
-            summaries[name] = run_rollout(rollout_cfg, out_dir, loop=loop)
+            if not _has_work(rollout_cfg, out_dir):
+                summaries[name] = run_rollout(rollout_cfg, out_dir)
+                continue
+            task = rollout_cfg.data_ref().task
+            if generator is None:
+                generator = build_generator_for(cfg.agent.backend, task)
+            loop = build_agent(cfg.agent, task, generator=generator)
+            try:
+                summaries[name] = run_rollout(rollout_cfg, out_dir, loop=loop)
+            finally:
+                loop.close()
     finally:
-        if loop is not None:
-            _close_loop(loop)
+        if generator is not None:
+            generator.close()
     return summaries
 
 

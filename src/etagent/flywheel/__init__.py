@@ -5,7 +5,6 @@ from etagent.flywheel.export import export_sft, write_sft
 from etagent.flywheel.roles import (
     Critic,
     CriticConfig,
-    ExpertCritic,
     Helper,
     LLMCritic,
     LLMHelper,
@@ -19,7 +18,6 @@ __all__ = [
     "ColdStartConfig",
     "Critic",
     "CriticConfig",
-    "ExpertCritic",
     "Flywheel",
     "FlywheelConfig",
     "FlywheelEntry",

@@ -17,9 +17,7 @@ from pydantic import BaseModel, Field
 from etagent.flywheel.roles import Critic
 from etagent.protocol import tags
 from etagent.records import Question, Trajectory
-from etagent.scoring.correctness import token_f1
-
-CorrectnessMetric = Literal["f1", "judge"]
+from etagent.scoring.correctness import AnswerCheck, CorrectnessMetric, answer_correctness
 
 
 class FlywheelEntry(BaseModel):
@@ -30,7 +28,7 @@ class FlywheelEntry(BaseModel):
     parent: str | None = Field(None, description="id of the entry the operator started from")
     round: int = Field(description="0 = initial rollout, then 1..rounds")
     verdict: bool = Field(description="judged correct")
-    correctness: float = Field(description="token F1 (QA) or 1/0 (maths judge)")
+    correctness: float = Field(description="token F1 (QA), 1/0 (maths judge) or the task's answer check")
     metric: CorrectnessMetric
     prediction: str
     tool_calls: int
@@ -75,23 +73,36 @@ class Verdict:
 
 
 def judge_trajectories(
-    trajectories: Sequence[Trajectory], critic: Critic, qa_f1_threshold: float = 0.8
+    trajectories: Sequence[Trajectory],
+    critic: Critic,
+    qa_f1_threshold: float = 0.8,
+    check: AnswerCheck | None = None,
 ) -> list[Verdict]:
     """METHOD 3.2 with our scorers: maths answers by the critic's judge (one batched call), every
-    other task by token F1 (SQuAD normalisation) at or above ``qa_f1_threshold``."""
-    out: list[Verdict | None] = [None] * len(trajectories)
+    other task by token F1 (SQuAD normalisation; a blank answer scores 0) at or above
+    ``qa_f1_threshold``. ``check`` (the task's ``check_answer``) replaces F1 where it gives a
+    number, judged against the same threshold; the judge keeps precedence for maths."""
     maths = [i for i, t in enumerate(trajectories) if t.question.task == "math"]
+    judged: dict[int, bool] = {}
     if maths:
         verdicts = critic.judge_correct(
             [(trajectories[i].question, trajectories[i].prediction) for i in maths]
         )
-        for i, v in zip(maths, verdicts, strict=True):
-            out[i] = Verdict(bool(v), float(bool(v)), "judge")
+        judged = {i: bool(v) for i, v in zip(maths, verdicts, strict=True)}
+    out: list[Verdict] = []
     for i, t in enumerate(trajectories):
-        if out[i] is None:
-            f1 = token_f1(t.prediction, t.question.answers) if t.prediction.strip() else 0.0
-            out[i] = Verdict(f1 >= qa_f1_threshold, f1, "f1")
-    return [v for v in out if v is not None]
+        c = answer_correctness(
+            t.question,
+            t.prediction,
+            qa_metric="f1",
+            normalisation="squad",
+            judge_verdict=judged.get(i),
+            check=check,
+            blank_is_wrong=True,
+        )
+        correct = c.value == 1.0 if c.metric == "judge" else c.value >= qa_f1_threshold
+        out.append(Verdict(correct, c.value, c.metric))
+    return out
 
 
 def make_entry(

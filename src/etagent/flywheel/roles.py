@@ -9,19 +9,17 @@ Every method takes a batch of requests and returns one result per request (None 
 output: the operator then produces no candidate and the stage logs why). An LLM role puts the
 whole batch into one ``generate()`` call, so a vLLM server sees many requests at once.
 
-On the embedded tool world a 135M critic is useless, so :class:`ExpertCritic` fills both roles
-from each question's minimal plan (``question.meta["plan"]``): a tool call is *useful* when its
-result newly reveals a fact of a plan step, *redundant* otherwise; a corrected step is the plan's
-next segment after the facts found so far.
+A task may bring its own critic without a model (``kind: expert``, :meth:`etagent.tasks.Task.critic`),
+such as the tool world's :class:`etagent.tasks.toolworld.critic.ExpertCritic`, which plays both
+roles from each question's minimal plan.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from pydantic import Field
@@ -32,7 +30,6 @@ from etagent.config import ConfigModel
 from etagent.flywheel import steps as st
 from etagent.protocol import tags
 from etagent.records import Question
-from etagent.scoring.correctness import answer_equal
 
 log = logging.getLogger("etagent.flywheel")
 
@@ -129,146 +126,6 @@ class CriticConfig(RoleConfig):
         4, ge=1, description="llm: times a maths verdict is asked (METHOD 3.2: 4)"
     )
     judge_cache: bool = Field(True, description="llm: keep maths verdicts in the SQLite verdict cache")
-
-
-# --------------------------------------------------------------------------------------------
-# The expert (tool world): knows each question's minimal plan
-
-
-@dataclass
-class StepInfo:
-    """What one step does, as the expert sees it."""
-
-    call: tuple[str, str] | None  # (tool, content) of the step's executed call
-    new: list[int] = field(default_factory=list)  # plan steps whose facts this call newly revealed
-
-
-def _mentions(text: str, value: str) -> bool:
-    """``value`` appears in ``text`` as a whole token (a number inside a longer number does not count)."""
-    return re.search(rf"(?<![\w.]){re.escape(value)}(?![\w]|\.\d)", text) is not None
-
-
-def _reveals(step: dict[str, Any], tool: str, result: str) -> bool:
-    if step["tool"] != tool:
-        return False
-    reveals = step.get("reveals", {})
-    entity = reveals.get("entity")
-    facts = [str(v) for v in reveals.get("facts", {}).values()]
-    return (entity is None or entity in result) and all(_mentions(result, f) for f in facts)
-
-
-def _step_call(step: str) -> tuple[str, str, str] | None:
-    """(tool, content, result) of the executed call in a step, or None."""
-    blocks = [b for b in tags.parse_blocks(step) if not (b.kind == "text" and not b.content.strip())]
-    for b, nxt in itertools.pairwise(blocks):
-        if b.kind in st.TOOL_TAGS and b.closed and nxt.kind == tags.RESULT and nxt.closed:
-            return b.kind, b.content.strip(), nxt.content
-    return None
-
-
-def analyse_steps(question: Question, steps: Sequence[str]) -> list[StepInfo]:
-    """Per step: its call and the plan steps it newly covers (in the order the steps come)."""
-    plan = list(question.meta["plan"])
-    covered: set[int] = set()
-    infos = []
-    for step in steps:
-        call = _step_call(step)
-        if call is None:
-            infos.append(StepInfo(None))
-            continue
-        tool, content, result = call
-        new = [i for i, p in enumerate(plan) if i not in covered and _reveals(p, tool, result)]
-        covered.update(new)
-        infos.append(StepInfo((tool, content), new))
-    return infos
-
-
-class ExpertCritic:
-    """Critic and helper from the tool world's plans (no model). Deterministic."""
-
-    name = "expert"
-
-    def __init__(self) -> None:
-        from etagent.data.expert import variant_segments
-
-        self._minimal = variant_segments
-
-    @staticmethod
-    def _has_plan(q: Question) -> bool:
-        return isinstance(q.meta.get("plan"), list)
-
-    def next_step(self, question: Question, done: Sequence[str]) -> str:
-        """The plan's next segment after the steps ``done``: the call for the first plan step whose
-        facts are still missing, or the answer when none is."""
-        covered = {i for info in analyse_steps(question, done) for i in info.new}
-        segments = self._minimal(question)  # one call segment per plan step, then the answer
-        missing = [i for i in range(len(segments) - 1) if i not in covered]
-        return segments[missing[0] if missing else -1].text
-
-    def locate_redundant_steps(self, requests: Sequence[StepsRequest]) -> list[RedundancyEdit | None]:
-        out: list[RedundancyEdit | None] = []
-        for r in requests:
-            if not self._has_plan(r.question):
-                out.append(None)
-                continue
-            infos = analyse_steps(r.question, r.steps)
-            k = next((i for i, info in enumerate(infos, 1) if info.call is not None and not info.new), None)
-            out.append(None if k is None else RedundancyEdit(k, self.next_step(r.question, r.steps[: k - 1])))
-        return out
-
-    def locate_flawed_steps(self, requests: Sequence[StepsRequest]) -> list[int | None]:
-        """The first call that reveals nothing new, or else the step that answers (or stops)
-        without the missing facts; None when every step is a useful call (no end to fix)."""
-        out: list[int | None] = []
-        for r in requests:
-            if not self._has_plan(r.question):
-                out.append(None)
-                continue
-            infos = analyse_steps(r.question, r.steps)
-            out.append(
-                next((i for i, info in enumerate(infos, 1) if info.call is None or not info.new), None)
-            )
-        return out
-
-    def rewrite_steps(self, requests: Sequence[StepRewriteRequest]) -> list[str | None]:
-        return [
-            self.next_step(r.question, r.steps[: r.k - 1]) if self._has_plan(r.question) else None
-            for r in requests
-        ]
-
-    def rewrite_thinks(self, requests: Sequence[ThinkRequest]) -> list[str | None]:
-        out: list[str | None] = []
-        for r in requests:
-            if not self._has_plan(r.question):
-                out.append(None)
-                continue
-            plan = r.question.meta["plan"]
-            done = st.split_steps(r.prefix) if r.prefix else []
-            infos = analyse_steps(r.question, done)
-            covered = {i for info in infos for i in info.new}
-            parts = []
-            last_call = next((info for info in reversed(infos) if info.call is not None), None)
-            if last_call is not None:
-                parts += [f"The result shows that {plan[i]['fact']}." for i in last_call.new]
-            elif r.question.meta.get("direct_note"):
-                parts.append(r.question.meta["direct_note"])
-            call = _step_call(r.action)
-            if call is None:
-                parts.append(f"Therefore the answer is {tags.extract_answer(r.action)}.")
-            else:
-                tool, _, result = call
-                new = [i for i, p in enumerate(plan) if i not in covered and _reveals(p, tool, result)]
-                if new:
-                    need = plan[new[0]]["need"]
-                    how = "a search will find it" if tool == tags.SEARCH else "Python will compute it exactly"
-                    parts.append(f"{'Next' if covered else 'First'} I need {need}; {how}.")
-                else:
-                    parts.append("Let me double-check this with one more call.")
-            out.append(" ".join(parts))
-        return out
-
-    def judge_correct(self, items: Sequence[tuple[Question, str]]) -> list[bool]:
-        return [answer_equal(pred, q.answers, q.task) for q, pred in items]
 
 
 # --------------------------------------------------------------------------------------------
@@ -553,12 +410,38 @@ class LLMHelper(_LLMRole):
         return out
 
 
+#: what a task's critic needs to play each role
+_CRITIC_METHODS = ("locate_redundant_steps", "locate_flawed_steps", "rewrite_thinks", "judge_correct")
+_HELPER_METHODS = ("rewrite_steps",)
+
+
 def build_roles(
-    critic_cfg: CriticConfig, helper_cfg: RoleConfig, policy: Generator
+    critic_cfg: CriticConfig,
+    helper_cfg: RoleConfig,
+    policy: Generator,
+    expert: Critic | Helper | None = None,
 ) -> tuple[Critic, Helper, list[Generator]]:
     """The critic and helper a config describes; also the generators built for them (to close).
-    An llm role without a backend shares the policy's generator."""
+
+    An llm role without a backend shares the policy's generator. A ``kind: expert`` role is
+    ``expert``, the task's critic (:meth:`etagent.tasks.Task.critic`), which must then play that
+    role (a critic needs the Critic methods, a helper ``rewrite_steps``).
+    """
     from etagent.backends.config import build_generator
+
+    def the_expert(role: str, methods: tuple[str, ...]) -> Any:
+        if expert is None:
+            raise ValueError(
+                f"{role}.kind is 'expert' but the task has no expert critic; set {role}.kind: llm "
+                f"(with {role}.backend, or none to share the policy's model)"
+            )
+        lacking = [m for m in methods if not callable(getattr(expert, m, None))]
+        if lacking:
+            raise ValueError(
+                f"{role}.kind is 'expert' but the task's critic {type(expert).__name__} cannot play the "
+                f"{role} (it has no {', '.join(lacking)}); set {role}.kind: llm"
+            )
+        return expert
 
     owned: list[Generator] = []
 
@@ -569,11 +452,14 @@ def build_roles(
         owned.append(gen)
         return gen
 
-    expert = ExpertCritic()
     critic: Critic = (
-        expert if critic_cfg.kind == "expert" else LLMCritic(generator_for(critic_cfg), critic_cfg)
+        the_expert("critic", _CRITIC_METHODS)
+        if critic_cfg.kind == "expert"
+        else LLMCritic(generator_for(critic_cfg), critic_cfg)
     )
     helper: Helper = (
-        expert if helper_cfg.kind == "expert" else LLMHelper(generator_for(helper_cfg), helper_cfg)
+        the_expert("helper", _HELPER_METHODS)
+        if helper_cfg.kind == "expert"
+        else LLMHelper(generator_for(helper_cfg), helper_cfg)
     )
     return critic, helper, owned

@@ -10,9 +10,9 @@ questions (one batched ``generate()``).
 
 Two starts, both from configuration alone:
 - from the policy directly (the paper: a 7B instruct model follows the tool format from the prompt);
-- the **cold start** (``cold_start.enabled: true``), for a model that cannot: the tool world's
-  expert policy, with some redundant and missing calls, writes ``cold_start.samples`` trajectories
-  per question; they are judged and exported like any buffer, so the policy can first be
+- the **cold start** (``cold_start.enabled: true``), for a model that cannot: the task's oracle
+  (the tool world's expert policy, with some redundant and missing calls) writes
+  ``cold_start.samples`` trajectories per question; they are judged and exported like any buffer, so the policy can first be
   fine-tuned on them (``etagent sft``) and the flywheel then run with the fine-tuned model.
 
 Outputs in the run directory: ``buffers.jsonl`` (one :class:`BufferRecord` line per finished
@@ -32,9 +32,9 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from etagent.backends.config import BackendConfig, ExpertConfig, build_generator
+from etagent.agent import AgentConfig, build_agent
+from etagent.backends.config import ORACLE, BackendConfig
 from etagent.config import ConfigModel
-from etagent.data.loader import load_questions
 from etagent.flywheel import operators as ops
 from etagent.flywheel.buffer import (
     BufferRecord,
@@ -50,9 +50,9 @@ from etagent.flywheel.roles import Critic, CriticConfig, Helper, RoleConfig, bui
 from etagent.flywheel.steps import HINT_POOLS
 from etagent.io import atomic_write_json, read_records, repair_torn_tail, resumable_output
 from etagent.records import Question, Trajectory
-from etagent.rollout.few_shot import expert_few_shot
 from etagent.rollout.loop import AgentLoop, BudgetConfig, SamplingConfig
-from etagent.tools.config import ToolsConfig, build_tools
+from etagent.rollout.stage import DATA_HELP, TASK_HELP
+from etagent.tasks import DataRef, Task, resolve_data
 
 log = logging.getLogger("etagent.flywheel")
 
@@ -67,46 +67,51 @@ class ColdStartConfig(ConfigModel):
         False, description="write the expert's trajectories instead of evolving the policy's"
     )
     samples: int = Field(2, ge=1, description="expert trajectories per question")
-    expert: ExpertConfig = Field(
-        default_factory=lambda: ExpertConfig(redundant_rate=0.2, missing_rate=0.1),
-        description="how often the expert makes a redundant call or skips a needed one (skipped calls "
-        "mostly give wrong answers, which the export filters out)",
+    expert: dict[str, Any] = Field(
+        default_factory=lambda: {"redundant_rate": 0.2, "missing_rate": 0.1},
+        description="the task's oracle settings; for the tool world how often the expert makes a "
+        "redundant call or skips a needed one (skipped calls mostly give wrong answers, which the "
+        "export filters out)",
+    )
+
+
+def _policy_agent() -> AgentConfig:
+    return AgentConfig(
+        # initial rollouts and fresh re-rollouts (METHOD 1.4: 6 python + 6 search)
+        budget=BudgetConfig(max_calls_per_tool=6, max_tool_calls=12),
+        # METHOD 3.1: T=1.0, top_p 0.95; the seed is derived per call
+        sampling=SamplingConfig(temperature=1.0, top_p=0.95),
+        max_active=64,
     )
 
 
 class FlywheelConfig(ConfigModel):
-    data: str = Field("toolworld:train", description="JSONL path, toolworld:<split>, or a datasets file/dir")
+    data: str = Field("toolworld:train", description=DATA_HELP)
+    task: str | None = Field(None, description=TASK_HELP)
     limit: int | None = Field(None, ge=1, description="first N questions only")
     rounds: int = Field(3, ge=0, description="evolution rounds per question (METHOD 3.3: 3)")
     buffer_size: int = Field(10, ge=1, description="trajectories kept per question (METHOD 3.3: 10)")
-    policy: BackendConfig = Field(default_factory=BackendConfig, description="M1: rollouts and continuations")
+    agent: AgentConfig = Field(
+        default_factory=_policy_agent,
+        description="M1, the policy: rollouts and continuations (budget: initial rollouts and fresh "
+        "re-rollouts; sampling: METHOD 3.1, its seed derived per call)",
+    )
     helper: RoleConfig = Field(default_factory=RoleConfig, description="M2: rewrites flawed steps")
     critic: CriticConfig = Field(
         default_factory=CriticConfig,
         description="M3: locates redundant/flawed steps, rewrites thinking, judges maths answers",
     )
-    tools: ToolsConfig = Field(default_factory=ToolsConfig)
-    budget: BudgetConfig = Field(
-        default_factory=lambda: BudgetConfig(max_calls_per_tool=6, max_tool_calls=12),
-        description="initial rollouts and fresh re-rollouts (METHOD 1.4: 6 python + 6 search)",
-    )
     continuation_budget: BudgetConfig = Field(
         default_factory=lambda: BudgetConfig(max_calls_per_tool=10, max_tool_calls=20),
         description="continuations after an edit (METHOD 1.4: 6+4 per tool); calls in the prefix count",
-    )
-    sampling: SamplingConfig = Field(
-        default_factory=lambda: SamplingConfig(temperature=1.0, top_p=0.95),
-        description="policy sampling (METHOD 3.1: T=1.0, top_p 0.95); the seed is derived per call",
     )
     qa_f1_threshold: float = Field(0.8, ge=0, le=1, description="a QA answer is correct at F1 >= this")
     hint_pools: dict[str, str] = Field(
         default_factory=lambda: {"qa": "search", "math": "python"},
         description="task -> hint pool (search, python, general); other tasks use search",
     )
-    few_shot: int = Field(0, ge=0, description="expert example trajectories in the policy's prompt")
     seed: int = 0
     concurrency: int = Field(16, ge=1, description="questions evolved together (their calls are batched)")
-    max_active: int = Field(64, ge=1, description="trajectories the policy generates together")
     cold_start: ColdStartConfig = Field(default_factory=ColdStartConfig)
     output: str = Field(BUFFERS, description="buffer file name inside the run directory")
 
@@ -118,15 +123,17 @@ class FlywheelConfig(ConfigModel):
                 raise ValueError(f"task {task!r}: unknown hint pool {pool!r}; known: {sorted(HINT_POOLS)}")
         return pools
 
-    def policy_backend(self) -> BackendConfig:
-        """The policy's backend; the expert (with the cold start's rates) for a cold start."""
+    def data_ref(self) -> DataRef:
+        return resolve_data(self.data, self.task)
+
+    def policy_agent(self) -> AgentConfig:
+        """The policy's agent; for a cold start, the task's oracle (with the cold start's settings)."""
         if not self.cold_start.enabled:
-            return self.policy
-        return BackendConfig(
-            kind="expert",
-            model=self.policy.tokenizer or self.policy.model,
-            expert=self.cold_start.expert,
+            return self.agent
+        oracle = BackendConfig.model_validate(
+            {"kind": ORACLE, "model": self.agent.backend.tokenizer_name, ORACLE: self.cold_start.expert}
         )
+        return self.agent.model_copy(update={"backend": oracle})
 
 
 # --------------------------------------------------------------------------------------------
@@ -161,7 +168,7 @@ class Flywheel:
         self.hints = ops.seeded_hints(cfg.seed, cfg.hint_pools)
 
     def _sampling(self, *parts: Any) -> SamplingConfig:
-        return self.cfg.sampling.model_copy(update={"seed": _call_seed(self.cfg.seed, *parts)})
+        return self.cfg.agent.sampling.model_copy(update={"seed": _call_seed(self.cfg.seed, *parts)})
 
     def _judge(self, trajectories: Sequence[Trajectory]) -> list[Verdict]:
         return judge_trajectories(trajectories, self.critic, self.cfg.qa_f1_threshold)
@@ -174,7 +181,7 @@ class Flywheel:
         batch_key = questions[0].id if questions else ""
         partials = [self.loop.new_trajectory(q, k) for q in questions for k in range(samples)]
         initial = self.loop.continue_run(
-            partials, budget=self.cfg.budget, sampling=self._sampling(batch_key, 0)
+            partials, budget=self.cfg.agent.budget, sampling=self._sampling(batch_key, 0)
         )
         by_question = {r.question_id: r for r in records}
         for traj, verdict in zip(initial, self._judge(initial), strict=True):
@@ -224,7 +231,7 @@ class Flywheel:
                 )
             )
         finished = ops.continue_drafts(
-            drafts, self.loop, self.cfg.budget, self.cfg.continuation_budget, self._sampling(batch_key, r)
+            drafts, self.loop, self.cfg.agent.budget, self.cfg.continuation_budget, self._sampling(batch_key, r)
         )
         # buffer order per question: the operators' order above, whatever the batch order
         for draft, traj, verdict in sorted(
@@ -259,24 +266,15 @@ def _summary(records: Sequence[BufferRecord], export: dict[str, Any]) -> dict[st
     }
 
 
-def build_flywheel(cfg: FlywheelConfig) -> tuple[Flywheel, list[Any]]:
-    """The flywheel a config describes, and what to close afterwards."""
-    backend = cfg.policy_backend()
-    policy = build_generator(backend)
-    tools = build_tools(cfg.tools)
-    few_shot = (
-        expert_few_shot(cfg.few_shot, cfg.tools, backend.tokenizer or backend.model) if cfg.few_shot else []
-    )
-    loop = AgentLoop(
-        policy,
-        tools,
-        budget=cfg.budget,
-        sampling=cfg.sampling,
-        few_shot=few_shot,
-        max_active=cfg.max_active,
-    )
-    critic, helper, owned = build_roles(cfg.critic, cfg.helper, policy)
-    return Flywheel(cfg, loop, critic, helper), [loop, policy, *tools.values(), *owned]
+def build_flywheel(cfg: FlywheelConfig, task: Task) -> tuple[Flywheel, list[Any]]:
+    """The flywheel a config describes for ``task``, and what to close afterwards."""
+    loop = build_agent(cfg.policy_agent(), task)
+    try:
+        critic, helper, owned = build_roles(cfg.critic, cfg.helper, loop.generator, task.critic())
+    except BaseException:
+        loop.close()
+        raise
+    return Flywheel(cfg, loop, critic, helper), [*owned, loop]
 
 
 def run_flywheel(cfg: FlywheelConfig, run_dir: Path, flywheel: Flywheel | None = None) -> dict[str, Any]:
@@ -285,7 +283,8 @@ def run_flywheel(cfg: FlywheelConfig, run_dir: Path, flywheel: Flywheel | None =
     ``flywheel`` replaces the one built from ``cfg`` (tests pass scripted roles).
     """
     out = run_dir / cfg.output
-    questions = load_questions(cfg.data, limit=cfg.limit)
+    data = cfg.data_ref()
+    questions = data.questions(cfg.limit)
     done = completed_records(out)
     todo = [q for q in questions if q.id not in done]
     log.info(
@@ -293,7 +292,7 @@ def run_flywheel(cfg: FlywheelConfig, run_dir: Path, flywheel: Flywheel | None =
         len(questions),
         len(done),
         cfg.rounds,
-        cfg.policy_backend().kind,
+        cfg.policy_agent().backend.kind,
         cfg.critic.kind,
         cfg.helper.kind,
         " (cold start)" if cfg.cold_start.enabled else "",
@@ -301,7 +300,7 @@ def run_flywheel(cfg: FlywheelConfig, run_dir: Path, flywheel: Flywheel | None =
     if todo:
         to_close: list[Any] = []
         if flywheel is None:
-            flywheel, to_close = build_flywheel(cfg)
+            flywheel, to_close = build_flywheel(cfg, data.task)
         try:
             with resumable_output(out, len(questions), len(questions) - len(todo), "flywheel") as (
                 writer,
@@ -317,8 +316,8 @@ def run_flywheel(cfg: FlywheelConfig, run_dir: Path, flywheel: Flywheel | None =
                 obj.close()
     wanted = {q.id for q in questions}
     records = [r for r in read_records(out, BufferRecord) if r.question_id in wanted]
-    export = write_sft(run_dir, records, tool_tags=tuple(cfg.tools.enabled))
+    export = write_sft(run_dir, records, tool_tags=cfg.agent.tools.tags)
     summary = _summary(records, export)
-    summary.update(data=cfg.data, policy=cfg.policy_backend().kind, cold_start=cfg.cold_start.enabled)
+    summary.update(data=cfg.data, policy=cfg.policy_agent().backend.kind, cold_start=cfg.cold_start.enabled)
     atomic_write_json(run_dir / SUMMARY, summary)
     return summary

@@ -16,8 +16,8 @@ from typing import Any
 
 from pydantic import Field
 
+from etagent.agent import AgentConfig
 from etagent.config import ConfigModel
-from etagent.data.loader import load_questions
 from etagent.io import atomic_write_json, atomic_write_jsonl, read_records
 from etagent.pareto.selection import ParetoConfig, select_groups, stages_complete, write_stages
 from etagent.protocol import tags
@@ -26,6 +26,7 @@ from etagent.rollout.loop import SamplingConfig
 from etagent.rollout.stage import RolloutConfig, run_rollout
 from etagent.scoring.correctness import QAMetric
 from etagent.scoring.reward import trajectory_correctness
+from etagent.tasks import resolve_data
 
 log = logging.getLogger("etagent.pareto")
 
@@ -37,7 +38,9 @@ SUMMARY = "pareto_summary.json"
 
 def _default_rollout() -> RolloutConfig:
     # G = 8 samples per question at T = 1 (METHOD 5.1)
-    return RolloutConfig(data="toolworld:train", n=8, output=GROUPS, sampling=SamplingConfig(temperature=1.0))
+    return RolloutConfig(
+        data="toolworld:train", n=8, output=GROUPS, agent=AgentConfig(sampling=SamplingConfig(temperature=1.0))
+    )
 
 
 class ParetoStageConfig(ConfigModel):
@@ -52,8 +55,9 @@ class ParetoStageConfig(ConfigModel):
     )
 
 
-def score_groups(trajectories: list[Trajectory], qa_metric: QAMetric = "f1") -> list[dict[str, Any]]:
-    """One row per sample: question id, sample index, correctness and complete tool calls."""
+def pareto_objectives(trajectories: list[Trajectory], qa_metric: QAMetric = "f1") -> list[dict[str, Any]]:
+    """One row per sample, the objectives of the Pareto selection: question id, sample index,
+    correctness and complete tool calls (and the format check)."""
     return [
         {
             "question_id": t.question_id,
@@ -76,10 +80,11 @@ def run_pareto(cfg: ParetoStageConfig, run_dir: Path) -> dict[str, Any]:
 
     rollout = cfg.rollout.model_copy(update={"output": GROUPS})  # one name in every run directory
     run_rollout(rollout, run_dir)
-    questions = {q.id: q for q in load_questions(cfg.rollout.data, limit=cfg.rollout.limit)}
-    excluded = {q.id for path in cfg.exclude for q in load_questions(path)}
+    data = cfg.rollout.data_ref()
+    questions = {q.id: q for q in data.questions(cfg.rollout.limit)}
+    excluded = {q.id for path in cfg.exclude for q in resolve_data(path).questions()}
     trajectories = [t for t in read_records(run_dir / GROUPS, Trajectory) if t.question_id in questions]
-    rows = score_groups(trajectories, cfg.qa_metric)
+    rows = pareto_objectives(trajectories, cfg.qa_metric)
     atomic_write_jsonl(run_dir / SCORES, rows)
 
     groups: dict[str, list[dict[str, Any]]] = {}

@@ -19,6 +19,14 @@ class MetricSpec:
     kind: Kind
     #: +1: higher is better, -1: lower is better, 0: neither (tool calls, length)
     better: int = 1
+    #: key of the same metric's mean over data sets in metrics.json "overall", if it has one
+    overall: str | None = None
+    #: the label in the terminal's narrower table (``etagent eval`` / ``score``); None: ``label``
+    short: str | None = None
+
+    @property
+    def short_label(self) -> str:
+        return self.short or self.label
 
 
 #: the five radar dimensions (keys of metrics.json "overall"), in the paper's order
@@ -32,24 +40,58 @@ OVERALL_METRICS: tuple[MetricSpec, ...] = (
 )
 
 DATASET_METRICS: tuple[MetricSpec, ...] = (
-    MetricSpec("correctness", "correctness", "pct"),
+    MetricSpec("correctness", "correctness", "pct", overall="P", short="correctness P"),
     MetricSpec("exact_match", "exact match", "pct"),
     MetricSpec("f1", "F1", "pct"),
-    MetricSpec("effi", "Effi", "pct"),
+    MetricSpec("effi", "Effi", "pct", overall="Effi"),
     MetricSpec("format_valid", "format valid", "pct"),
-    MetricSpec("mean_tool_calls", "tool calls / trajectory", "count", 0),
+    MetricSpec("mean_tool_calls", "tool calls / trajectory", "count", 0, short="tool calls / traj"),
     MetricSpec("mean_search_calls", "search calls / trajectory", "count", 0),
     MetricSpec("mean_python_calls", "python calls / trajectory", "count", 0),
     MetricSpec("tool_usage_rate", "trajectories using a tool", "pct", 0),
     MetricSpec("success_exec_rate", "successful tool results", "pct"),
-    MetricSpec("success_exec_weighted", "successful execution (weighted)", "pct"),
-    MetricSpec("conciseness", "conciseness (judge)", "pct"),
+    MetricSpec(
+        "success_exec_weighted",
+        "successful execution (weighted)",
+        "pct",
+        overall="success_exec",
+        short="successful execution",
+    ),
+    MetricSpec("conciseness", "conciseness (judge)", "pct", overall="conciseness", short="conciseness"),
     MetricSpec("conciseness_exact", "no redundant call", "pct"),
-    MetricSpec("at_min_tool_calls", "at minimal tool calls", "pct"),
+    MetricSpec("at_min_tool_calls", "at minimal tool calls", "pct", short="at minimal calls"),
     MetricSpec("redundant_call_rate", "with redundant calls", "pct", -1),
     MetricSpec("insufficient_call_rate", "with missing calls", "pct", -1),
-    MetricSpec("reasoning_length", "model tokens / trajectory", "tokens", 0),
-    MetricSpec("correctness_per_ktoken", "correct / 1k tokens", "per_k"),
+    MetricSpec(
+        "reasoning_length",
+        "model tokens / trajectory",
+        "tokens",
+        0,
+        overall="reasoning_length",
+        short="model tokens",
+    ),
+    MetricSpec("correctness_per_ktoken", "correct / 1k tokens", "per_k", overall="correctness_per_ktoken"),
+)
+
+_DATASET_SPECS = {spec.key: spec for spec in DATASET_METRICS}
+
+#: the rows of the terminal's metrics table (``etagent eval`` / ``score``): one column per data set
+#: and the overall mean (``spec.overall``), labelled ``spec.short_label``
+TERMINAL_METRICS: tuple[MetricSpec, ...] = tuple(
+    _DATASET_SPECS[key]
+    for key in (
+        "correctness",
+        "effi",
+        "conciseness",
+        "conciseness_exact",
+        "success_exec_weighted",
+        "correctness_per_ktoken",
+        "exact_match",
+        "format_valid",
+        "mean_tool_calls",
+        "at_min_tool_calls",
+        "reasoning_length",
+    )
 )
 
 

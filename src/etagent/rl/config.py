@@ -6,11 +6,13 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from etagent.agent import AgentConfig
 from etagent.config import ConfigModel
 from etagent.rollout.arpo import ArpoConfig
 from etagent.rollout.loop import BudgetConfig, SamplingConfig
+from etagent.rollout.stage import DATA_HELP, TASK_HELP
 from etagent.scoring.reward import RewardConfig
-from etagent.tools.config import ToolsConfig
+from etagent.tasks import DataRef, resolve_data
 
 
 class RLLoggingConfig(ConfigModel):
@@ -23,33 +25,32 @@ class RLLoggingConfig(ConfigModel):
     )
 
 
+def _rl_agent() -> AgentConfig:
+    return AgentConfig(
+        # reference RL: 6 calls in total, then the trajectory ends
+        budget=BudgetConfig(
+            max_tool_calls=6, max_new_tokens_per_call=256, max_response_tokens=1024, on_budget="stop"
+        ),
+        # reference: T 1.0, top_p 1.0; keep seed unset, the trainer seeds
+        sampling=SamplingConfig(),
+    )
+
+
 class RLConfig(ConfigModel):
     """GRPO with group-normalised advantages, PPO clipping, token-mean loss, the ET-Agent reward and
     ARPO branching rollouts. A "step" is one rollout step: ``questions_per_step`` questions,
     ``num_generations`` trajectories each, then ``mini_batches`` policy updates on them."""
 
-    model: str = Field(
-        "embedded", description="policy to train: 'embedded', 'tiny' or a local HF model directory"
-    )
-    tokenizer: str | None = Field(None, description="tokenizer location; defaults to model")
-    data: str = Field(
-        "toolworld:train",
-        description="questions: a JSONL file (e.g. a curriculum stage file), toolworld:<split>, or a "
-        "datasets file/dir",
-    )
+    data: str = Field("toolworld:train", description=DATA_HELP + "; e.g. a curriculum stage file")
+    task: str | None = Field(None, description=TASK_HELP)
     limit: int | None = Field(None, ge=1, description="first N questions only")
-    tools: ToolsConfig = Field(default_factory=ToolsConfig)
-    budget: BudgetConfig = Field(
-        default_factory=lambda: BudgetConfig(
-            max_tool_calls=6, max_new_tokens_per_call=256, max_response_tokens=1024, on_budget="stop"
-        ),
-        description="per-trajectory limits (reference RL: 6 calls in total, then the trajectory ends)",
+    agent: AgentConfig = Field(
+        default_factory=_rl_agent,
+        description="the policy's agent: backend.model is the policy to train (hf: decoded with the "
+        "trainer's weights, backend.hf.batch_size rows at once); budget per trajectory (reference RL: 6 "
+        "calls in total, then the trajectory ends); sampling (reference: T 1.0, top_p 1.0; keep seed "
+        "unset, the trainer seeds)",
     )
-    sampling: SamplingConfig = Field(
-        default_factory=SamplingConfig,
-        description="rollout sampling (reference: T 1.0, top_p 1.0); keep seed unset, the trainer seeds",
-    )
-    few_shot: int = Field(0, ge=0, description="expert-written example trajectories in the prompt")
     reward: RewardConfig = Field(default_factory=RewardConfig)
     use_arpo: bool = Field(True, description="ARPO branching rollouts; False: independent samples")
     arpo: ArpoConfig = Field(default_factory=ArpoConfig)
@@ -81,11 +82,15 @@ class RLConfig(ConfigModel):
     gradient_checkpointing: bool = Field(
         False, description="trade compute for memory in the backward pass (slower on CPU)"
     )
-    generation_batch_size: int = Field(16, ge=1, description="rows the hf backend decodes at once")
     logging: RLLoggingConfig = Field(default_factory=RLLoggingConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> RLConfig:
+        if self.agent.backend.kind != "hf":
+            raise ValueError(
+                f"agent.backend.kind is {self.agent.backend.kind!r}: RL rolls out with the policy being "
+                "trained (kind hf; its model is the policy)"
+            )
         if self.use_arpo and self.arpo.n != self.num_generations:
             raise ValueError(
                 f"arpo.n ({self.arpo.n}) must equal num_generations ({self.num_generations}): "
@@ -98,6 +103,14 @@ class RLConfig(ConfigModel):
                 f"mini_batches * micro_batch_size ({self.mini_batches} * {self.micro_batch_size})"
             )
         return self
+
+    def data_ref(self) -> DataRef:
+        return resolve_data(self.data, self.task)
+
+    @property
+    def model(self) -> str:
+        """The policy being trained."""
+        return self.agent.backend.model
 
     @property
     def sequences_per_step(self) -> int:

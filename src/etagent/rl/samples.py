@@ -16,6 +16,7 @@ from etagent.protocol import tags
 from etagent.records import Question, Trajectory
 from etagent.rollout.arpo import ArpoConfig, ArpoRollout
 from etagent.rollout.loop import AgentLoop
+from etagent.scoring.correctness import AnswerCheck
 from etagent.scoring.reward import RewardConfig, RewardParts, group_rewards
 
 #: trajectories whose model stopped on its own get the end-of-sequence token appended, so the
@@ -57,36 +58,43 @@ def split_groups(items: Sequence[Any], group_size: int) -> list[list[Any]]:
     return [list(items[i : i + group_size]) for i in range(0, len(items), group_size)]
 
 
-def score_groups(
+def batch_rewards(
     trajectories: Sequence[Trajectory],
     group_size: int,
     cfg: RewardConfig,
     step: int | None = None,
     total_steps: int | None = None,
     tool_tags: tuple[str, ...] = tags.DEFAULT_TOOL_TAGS,
+    check: AnswerCheck | None = None,
 ) -> list[RewardParts]:
-    """The ET-Agent reward of every trajectory, each scored within its question's group.
+    """The ET-Agent reward of every trajectory of a batch, in order, each scored within its
+    question's group.
 
     ``trajectories`` holds consecutive groups of ``group_size``, one question each (checked).
+    ``check`` is the task's answer check (``Task.check_answer``); None: the standard rule.
     """
     parts: list[RewardParts] = []
     for group in split_groups(trajectories, group_size):
         ids = {t.question_id for t in group}
         if len(ids) != 1:
             raise ValueError(f"a reward group mixes questions {sorted(ids)}: groups must be consecutive")
-        parts += group_rewards(group, cfg, step, total_steps, tool_tags)
+        parts += group_rewards(group, cfg, step, total_steps, tool_tags, check)
     return parts
 
 
 def reward_metrics(parts: Sequence[RewardParts]) -> dict[str, float]:
-    """Batch means of what the reward is made of."""
+    """Batch means of what the reward is made of (the config's extra terms as ``extra/<name>``)."""
     n = max(1, len(parts))
-    return {
+    metrics = {
         "correctness": sum(p.correctness for p in parts) / n,
         "tool_calls": sum(p.tool_calls for p in parts) / n,
         "length": sum(p.length for p in parts) / n,
         "format_ok": sum(p.f_format == 0 for p in parts) / n,
     }
+    if parts:
+        for name in parts[0].extra:
+            metrics[f"extra/{name}"] = sum(p.extra[name] for p in parts) / n
+    return metrics
 
 
 class PolicyRollout:

@@ -41,7 +41,7 @@ from etagent.backends.base import Generator
 from etagent.io import JsonlAppender, atomic_write_json, atomic_write_jsonl, build_dir_atomically, iter_jsonl
 from etagent.records import Question, Trajectory
 from etagent.rl.config import RLConfig
-from etagent.rl.samples import PolicyRollout, reward_metrics, score_groups, split_groups, to_policy_sample
+from etagent.rl.samples import PolicyRollout, batch_rewards, reward_metrics, split_groups, to_policy_sample
 from etagent.tools.base import Tool
 
 log = logging.getLogger("etagent.rl")
@@ -141,7 +141,7 @@ def make_reward_func(cfg: RLConfig, tool_tags: tuple[str, ...]) -> Callable[...,
         **_: Any,
     ) -> list[float]:
         step = rollout_step(trainer_state.global_step, cfg)
-        parts = score_groups(
+        parts = batch_rewards(
             trajectory, cfg.num_generations, cfg.reward, min(step, cfg.max_steps), cfg.max_steps, tool_tags
         )
         for name, value in reward_metrics(parts).items():
@@ -300,7 +300,7 @@ def grpo_args(cfg: RLConfig, run_dir: Path, use_cpu: bool, bf16: bool) -> Any:
         steps_per_generation=cfg.gradient_accumulation_steps * u,
         num_iterations=1,
         num_generations=cfg.num_generations,
-        max_completion_length=cfg.budget.max_response_tokens + 1,
+        max_completion_length=cfg.agent.budget.max_response_tokens + 1,
         epsilon=cfg.clip_epsilon,
         beta=cfg.beta,
         loss_type=cfg.loss_type,
@@ -319,14 +319,14 @@ def _load_policy(cfg: RLConfig) -> tuple[Any, Any, bool]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from etagent.backends.hf import available_cores
     from etagent.backends.model_store import load_tokenizer, resolve_model
+    from etagent.runtime import available_cores
 
     torch.set_num_threads(cfg.threads or available_cores())
     cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     dtype = torch.bfloat16 if cuda else torch.float32
     model = AutoModelForCausalLM.from_pretrained(str(resolve_model(cfg.model)), dtype=dtype)
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
+    tokenizer = load_tokenizer(cfg.agent.backend.tokenizer_name)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer, cuda
@@ -343,20 +343,18 @@ def build_trainer(
     """The GRPOTrainer for ``cfg``, and its step log.
 
     ``generator`` replaces the live policy as the rollout's sampler (tests; off-policy data),
-    ``tools`` the tools built from ``cfg.tools``, ``questions`` those loaded from ``cfg.data``.
+    ``tools`` the tools built from ``cfg.agent.tools``, ``questions`` those loaded from ``cfg.data``.
     """
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     from datasets import Dataset
     from trl import GRPOTrainer
 
+    from etagent.agent import build_agent
     from etagent.backends.hf import HFGenerator
-    from etagent.data.loader import load_questions
-    from etagent.rollout.few_shot import expert_few_shot
-    from etagent.rollout.loop import AgentLoop
-    from etagent.tools.config import build_tools
 
+    data = cfg.data_ref()
     if questions is None:
-        questions = load_questions(cfg.data, limit=cfg.limit)
+        questions = data.questions(cfg.limit)
     by_id: dict[str, Question] = {}
     for q in questions:
         if q.id in by_id:
@@ -367,10 +365,7 @@ def build_trainer(
             f"{cfg.data}: {len(by_id)} questions, fewer than questions_per_step={cfg.questions_per_step}"
         )
     model, tokenizer, cuda = _load_policy(cfg)
-    tools = tools if tools is not None else build_tools(cfg.tools)
-    tokenizer_name = cfg.tokenizer or cfg.model
-    few_shot = expert_few_shot(cfg.few_shot, cfg.tools, tokenizer_name) if cfg.few_shot else []
-    sampling = cfg.sampling
+    sampling = cfg.agent.sampling
     if sampling.seed is not None:
         log.warning(
             "sampling.seed is set: every generate call restarts the same random stream; leave it "
@@ -379,25 +374,24 @@ def build_trainer(
     if cfg.use_arpo and sampling.logprobs < cfg.arpo.top_k_logprobs:
         sampling = sampling.model_copy(update={"logprobs": cfg.arpo.top_k_logprobs})
 
+    agent = cfg.agent.model_copy(update={"sampling": sampling, "max_active": cfg.sequences_per_step})
+
     def make_rollout(trainer: Any) -> PolicyRollout:
         gen = generator or HFGenerator(
-            trainer.model, tokenizer, batch_size=cfg.generation_batch_size, name=f"policy:{cfg.model}"
+            trainer.model,
+            tokenizer,
+            batch_size=cfg.agent.backend.section().batch_size,
+            name=f"policy:{cfg.model}",
         )
-        loop = AgentLoop(
-            gen,
-            tools,
-            budget=cfg.budget,
-            sampling=sampling,
-            few_shot=few_shot,
-            max_active=cfg.sequences_per_step,
-        )
+        loop = build_agent(agent, data.task, generator=gen, tools=tools)
         return PolicyRollout(loop, cfg.num_generations, cfg.arpo if cfg.use_arpo else None)
 
     rollout_func = RolloutFunc(cfg, by_id, make_rollout, eos_id=tokenizer.eos_token_id)
+    tool_tags = tuple(tools) if tools is not None else cfg.agent.tools.tags
     writer = JsonlLog(run_dir / TRAIN_LOG, cfg)
     trainer = GRPOTrainer(
         model=model,
-        reward_funcs=[make_reward_func(cfg, tuple(tools))],
+        reward_funcs=[make_reward_func(cfg, tool_tags)],
         args=grpo_args(cfg, run_dir, use_cpu=not cuda, bf16=cuda),
         train_dataset=Dataset.from_list([{"prompt": q.id} for q in by_id.values()]),
         processing_class=tokenizer,
@@ -430,30 +424,21 @@ def run_rl(
     tools: dict[str, Tool] | None = None,
 ) -> dict[str, Any]:
     """Train, resuming from the last checkpoint in ``run_dir``; write ``<run_dir>/model``."""
-    from etagent.tools.config import build_tools
-
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    own_tools = tools is None
-    tools = build_tools(cfg.tools) if tools is None else tools
+    trainer, writer = build_trainer(cfg, run_dir, questions=questions, generator=generator, tools=tools)
+    resume = last_checkpoint(run_dir)
+    writer.keep_until(checkpoint_step(resume) if resume else 0)
+    if resume:
+        log.info("rl: resuming from %s", resume)
+    t0 = time.perf_counter()
     try:
-        trainer, writer = build_trainer(cfg, run_dir, questions=questions, generator=generator, tools=tools)
-        resume = last_checkpoint(run_dir)
-        writer.keep_until(checkpoint_step(resume) if resume else 0)
-        if resume:
-            log.info("rl: resuming from %s", resume)
-        t0 = time.perf_counter()
-        try:
-            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-        finally:
-            writer.close()
-            if trainer.rollout_func.rollout is not None:
-                trainer.rollout_func.rollout.loop.close()
-        elapsed = time.perf_counter() - t0
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     finally:
-        if own_tools:
-            for tool in tools.values():
-                tool.close()
+        writer.close()
+        if trainer.rollout_func.rollout is not None:
+            trainer.rollout_func.rollout.loop.close()  # and the tools it built
+    elapsed = time.perf_counter() - t0
 
     def save(tmp: Path) -> None:
         trainer.save_model(str(tmp))

@@ -183,13 +183,40 @@ class _Branch:
     def traj(self) -> Trajectory:
         return self.state.traj
 
+    @property
+    def after_tool_result(self) -> bool:
+        """The last segment is a tool result: the only place a branch is made."""
+        return bool(self.traj.segments) and self.traj.segments[-1].role == "tool"
+
 
 @dataclass
 class _Question:
     question: Question
+    index: int  # in the call
     branches: list[_Branch] = field(default_factory=list)
     reserves: list[_Branch] = field(default_factory=list)  # not taken yet, in the order started
     h_init: float | None = None
+
+
+@dataclass
+class _Call:
+    """What one :meth:`ArpoRollout.run` call keeps between rounds: its questions, the random draws
+    of the branching decisions, and the statistics it returns."""
+
+    questions: list[_Question]
+    rng: random.Random
+    started: float  # time.perf_counter() at the start
+    round: int = 0
+    methods: set[str] = field(default_factory=set)  # entropy methods of the segments measured
+    entropies: list[float] = field(default_factory=list)
+    decisions: int = 0
+    branches_made: int = 0
+    fresh_made: int = 0
+    reserves_used: int = 0
+    reserves_dropped: int = 0
+    generated: int = 0
+    round_rows: list[int] = field(default_factory=list)
+    round_s: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -218,138 +245,151 @@ class ArpoRollout:
 
     def run(self, questions: Sequence[Question], seed: int = 0) -> ArpoResult:
         """``cfg.n`` trajectories for every question; ``seed`` drives the branching decisions."""
-        cfg = self.cfg
-        rng = random.Random(seed)
-        t0 = time.perf_counter()
-        qs = [_Question(q) for q in questions]
-        active: list[_Branch] = []
-        for qi, q in enumerate(qs):
-            for _ in range(cfg.initial_rollouts):
-                active.append(self._new_branch(q, qi, initial=True, round_created=0))
-            for _ in range(cfg.reserve_rollouts):
-                reserve = _Branch(self.loop.start(q.question, -1), qi, branch_id=-1, reserve=True)
-                q.reserves.append(reserve)
-                active.append(reserve)
-        methods: set[str] = set()
-        entropies: list[float] = []
-        decisions = branches_made = fresh_made = reserves_used = reserves_dropped = generated = 0
-        rounds = 0
-        round_rows: list[int] = []
-        round_s: list[float] = []
+        qs = [_Question(q, qi) for qi, q in enumerate(questions)]
+        call = _Call(qs, random.Random(seed), started=time.perf_counter())
+        active = self._start(call)
         while active:
-            rounds += 1
+            call.round += 1
+            # every live branch writes one segment (one batched generate call, tools run concurrently)
             before = [b.traj.num_model_tokens for b in active]
             t_round = time.perf_counter()
             live = {id(s) for s in self.loop.step([b.state for b in active])}
-            round_rows.append(len(active))
-            round_s.append(time.perf_counter() - t_round)
-            # entropy of what each branch wrote this round
-            for b, start in zip(active, before, strict=True):
-                ids, lps, tops = _model_tokens(b.traj)
-                generated += len(ids) - start
-                h, method = segment_entropy(
-                    ids[start:],
-                    lps[start:],
-                    tops[start:] if tops is not None else None,
-                    self.vocab_size,
-                    cfg.entropy_tokens,
-                )
-                b.last_entropy = h
-                if b.first_entropy is None:
-                    b.first_entropy = h
-                if len(ids) > start:
-                    methods.add(method)
-                    entropies.append(h)
-            for q in qs:  # H_init: mean over the initial rollouts' first segments, this call only
-                if q.h_init is None:
-                    firsts = [
-                        b.first_entropy for b in q.branches if b.initial and b.first_entropy is not None
-                    ]
-                    q.h_init = sum(firsts) / len(firsts) if firsts else 0.0
-            for b in active:
-                if id(b.state) not in live:
-                    AgentLoop.finish(b.state)
-                    b.done = True
-            survivors = [b for b in active if id(b.state) in live]
-            # branching, question by question, branches in creation order
-            children: list[_Branch] = []
-            for qi, q in enumerate(qs):
-                for b in [s for s in survivors if s.question == qi and s.branch_id >= 0]:
-                    if not (b.traj.segments and b.traj.segments[-1].role == "tool"):
-                        continue  # only right after a tool result
-                    for _ in range(min(cfg.beam_size - 1, cfg.n - len(q.branches))):
-                        assert q.h_init is not None
-                        dh = b.last_entropy - q.h_init
-                        u = rng.random()
-                        p = min(1.0, max(0.0, u - cfg.entropy_weight * dh))
-                        branched = p <= cfg.branch_probability
-                        decisions += 1
-                        record: dict[str, Any] = {
-                            "round": rounds,
-                            "entropy": b.last_entropy,
-                            "delta_h": dh,
-                            "u": u,
-                            "branched": branched,
-                            "child_id": None,
-                        }
-                        if branched:
-                            child = _Branch(
-                                state=b.state.fork(),
-                                question=qi,
-                                branch_id=len(q.branches),
-                                parent_id=b.branch_id,
-                                branch_point=len(b.traj.response_ids),
-                                round_created=rounds,
-                                last_entropy=b.last_entropy,
-                            )
-                            q.branches.append(child)
-                            children.append(child)
-                            record["child_id"] = child.branch_id
-                            branches_made += 1
-                        b.decisions.append(record)
-            # fresh rollouts from the prompt for slots no branch can claim (see ArpoConfig.refill)
-            fresh: list[_Branch] = []
-            for qi, q in enumerate(qs):
-                live = sum(b.question == qi and b.branch_id >= 0 for b in survivors + children)
-                while True:  # again while every fresh one taken was a reserve that had finished
-                    open_slots = cfg.n - len(q.branches)
-                    if cfg.refill == "idle":
-                        k = min(1, open_slots) if live == 0 else 0
-                    else:
-                        k = max(0, open_slots - live * (cfg.beam_size - 1))
-                    if k == 0:
-                        break
-                    for _ in range(k):
-                        fresh_made += 1
-                        if q.reserves:
-                            b = q.reserves.pop(0)
-                            b.branch_id, b.round_created = len(q.branches), rounds
-                            q.branches.append(b)
-                            reserves_used += 1
-                            live += not b.done
-                        else:
-                            fresh.append(self._new_branch(q, qi, initial=False, round_created=rounds))
-                            live += 1
-                if len(q.branches) >= cfg.n:  # every slot taken: the reserves left are not needed
-                    reserves_dropped += len(q.reserves)
-                    q.reserves.clear()
-            kept = {id(b) for q in qs for b in q.branches + q.reserves}
-            active = sorted(
-                [b for b in survivors + children if id(b) in kept] + fresh,
-                key=lambda b: (b.question, b.branch_id),
-            )
+            call.round_rows.append(len(active))
+            call.round_s.append(time.perf_counter() - t_round)
+            self._measure_entropy(call, active, before)
+            survivors = _finish_ended(active, live)
+            children = self._branch(call, survivors)
+            running = survivors + children
+            fresh = self._refill(call, running)
+            active = _next_round(call, running, fresh)
+        return self._collect(call)
 
-        method: EntropyMethod = (
-            "top_k" if methods == {"top_k"} else "sampled" if "sampled" in methods else "none"
-        )
-        if method != "top_k" and not self._warned_sampled:
-            log.warning(
-                "ARPO: the backend returned no top-k log-probs; branching uses the %s entropy estimate",
-                "sampled-token" if method == "sampled" else "constant (no log-probs at all)",
+    # -- the steps of a call -----------------------------------------------------------------------
+
+    def _start(self, call: _Call) -> list[_Branch]:
+        """The initial rollouts and the reserves of every question, all started from the prompt."""
+        active: list[_Branch] = []
+        for q in call.questions:
+            for _ in range(self.cfg.initial_rollouts):
+                active.append(self._new_branch(q, initial=True, round_created=0))
+            for _ in range(self.cfg.reserve_rollouts):
+                reserve = _Branch(self.loop.start(q.question, -1), q.index, branch_id=-1, reserve=True)
+                q.reserves.append(reserve)
+                active.append(reserve)
+        return active
+
+    def _measure_entropy(self, call: _Call, active: list[_Branch], before: list[int]) -> None:
+        """The entropy of what each branch wrote this round (from model token ``before`` on), and
+        ``H_init`` of every question without one: the mean over its initial rollouts' first
+        segments, this call only."""
+        for b, start in zip(active, before, strict=True):
+            ids, lps, tops = _model_tokens(b.traj)
+            call.generated += len(ids) - start
+            h, method = segment_entropy(
+                ids[start:],
+                lps[start:],
+                tops[start:] if tops is not None else None,
+                self.vocab_size,
+                self.cfg.entropy_tokens,
             )
-            self._warned_sampled = True
+            b.last_entropy = h
+            if b.first_entropy is None:
+                b.first_entropy = h
+            if len(ids) > start:
+                call.methods.add(method)
+                call.entropies.append(h)
+        for q in call.questions:
+            if q.h_init is None:
+                firsts = [b.first_entropy for b in q.branches if b.initial and b.first_entropy is not None]
+                q.h_init = sum(firsts) / len(firsts) if firsts else 0.0
+
+    def _branch(self, call: _Call, survivors: list[_Branch]) -> list[_Branch]:
+        """The branching decisions of this round, question by question, branches in creation order:
+        up to ``beam_size - 1`` per branch that just received a tool result, while slots are open.
+        Returns the new branches."""
+        cfg = self.cfg
+        children: list[_Branch] = []
+        for q in call.questions:
+            for b in [s for s in survivors if s.question == q.index and s.branch_id >= 0]:
+                if not b.after_tool_result:
+                    continue
+                for _ in range(min(cfg.beam_size - 1, cfg.n - len(q.branches))):
+                    child = self._decide(call, q, b)
+                    if child is not None:
+                        children.append(child)
+        return children
+
+    def _decide(self, call: _Call, q: _Question, b: _Branch) -> _Branch | None:
+        """One branching decision on ``b`` (one uniform draw), recorded on ``b``; the child if made."""
+        cfg = self.cfg
+        assert q.h_init is not None
+        dh = b.last_entropy - q.h_init
+        u = call.rng.random()
+        branched = min(1.0, max(0.0, u - cfg.entropy_weight * dh)) <= cfg.branch_probability
+        call.decisions += 1
+        record: dict[str, Any] = {
+            "round": call.round,
+            "entropy": b.last_entropy,
+            "delta_h": dh,
+            "u": u,
+            "branched": branched,
+            "child_id": None,
+        }
+        b.decisions.append(record)
+        if not branched:
+            return None
+        child = _Branch(
+            state=b.state.fork(),
+            question=q.index,
+            branch_id=len(q.branches),
+            parent_id=b.branch_id,
+            branch_point=len(b.traj.response_ids),
+            round_created=call.round,
+            last_entropy=b.last_entropy,
+        )
+        q.branches.append(child)
+        record["child_id"] = child.branch_id
+        call.branches_made += 1
+        return child
+
+    def _refill(self, call: _Call, running: list[_Branch]) -> list[_Branch]:
+        """Fresh rollouts from the prompt for the slots no branch can claim (see ArpoConfig.refill):
+        the next reserve when a question has one left, else a rollout started now (returned).
+        A question whose slots are all taken drops the reserves it has left."""
+        fresh: list[_Branch] = []
+        for q in call.questions:
+            live = sum(b.question == q.index and b.branch_id >= 0 for b in running)
+            # again while every fresh one taken was a reserve that had finished
+            while (k := self._fresh_due(q, live)) > 0:
+                for _ in range(k):
+                    call.fresh_made += 1
+                    if q.reserves:
+                        b = q.reserves.pop(0)
+                        b.branch_id, b.round_created = len(q.branches), call.round
+                        q.branches.append(b)
+                        call.reserves_used += 1
+                        live += not b.done
+                    else:
+                        fresh.append(self._new_branch(q, initial=False, round_created=call.round))
+                        live += 1
+            if len(q.branches) >= self.cfg.n:
+                call.reserves_dropped += len(q.reserves)
+                q.reserves.clear()
+        return fresh
+
+    def _fresh_due(self, q: _Question, live: int) -> int:
+        """How many fresh rollouts ``q`` starts now, with ``live`` branches still running."""
+        open_slots = self.cfg.n - len(q.branches)
+        if self.cfg.refill == "idle":
+            return min(1, open_slots) if live == 0 else 0
+        return max(0, open_slots - live * (self.cfg.beam_size - 1))
+
+    def _collect(self, call: _Call) -> ArpoResult:
+        """The first ``n`` branches of every question, with their lineage, and the call's statistics."""
+        cfg = self.cfg
+        method = self._entropy_method(call.methods)
         out: list[Trajectory] = []
-        for q in qs:
+        for q in call.questions:
             kept = q.branches[: cfg.n]
             assert len(kept) == cfg.n, "every question ends with n branches"
             for k, b in enumerate(kept):
@@ -367,32 +407,62 @@ class ArpoRollout:
                 }
                 out.append(b.traj)
         stats = {
-            "questions": len(qs),
+            "questions": len(call.questions),
             "trajectories": len(out),
-            "rounds": rounds,
-            "branches": branches_made,
-            "fresh_rollouts": fresh_made,
-            "reserves_used": reserves_used,
-            "reserves_dropped": reserves_dropped,
-            "decisions": decisions,
-            "branching_rate": branches_made / decisions if decisions else 0.0,
-            "branched_fraction": branches_made / len(out) if out else 0.0,
-            "mean_entropy": sum(entropies) / len(entropies) if entropies else 0.0,
+            "rounds": call.round,
+            "branches": call.branches_made,
+            "fresh_rollouts": call.fresh_made,
+            "reserves_used": call.reserves_used,
+            "reserves_dropped": call.reserves_dropped,
+            "decisions": call.decisions,
+            "branching_rate": call.branches_made / call.decisions if call.decisions else 0.0,
+            "branched_fraction": call.branches_made / len(out) if out else 0.0,
+            "mean_entropy": sum(call.entropies) / len(call.entropies) if call.entropies else 0.0,
             "entropy_method": method,
-            "generated_tokens": generated,
-            "round_rows": round_rows,
-            "round_s": [round(x, 3) for x in round_s],
-            "time_s": time.perf_counter() - t0,
+            "generated_tokens": call.generated,
+            "round_rows": call.round_rows,
+            "round_s": [round(x, 3) for x in call.round_s],
+            "time_s": time.perf_counter() - call.started,
         }
         return ArpoResult(out, stats)
 
-    def _new_branch(self, q: _Question, qi: int, initial: bool, round_created: int) -> _Branch:
+    def _entropy_method(self, methods: set[str]) -> EntropyMethod:
+        """The estimate the call's entropies used; warns once per instance when it is not top-k."""
+        method: EntropyMethod = (
+            "top_k" if methods == {"top_k"} else "sampled" if "sampled" in methods else "none"
+        )
+        if method != "top_k" and not self._warned_sampled:
+            log.warning(
+                "ARPO: the backend returned no top-k log-probs; branching uses the %s entropy estimate",
+                "sampled-token" if method == "sampled" else "constant (no log-probs at all)",
+            )
+            self._warned_sampled = True
+        return method
+
+    def _new_branch(self, q: _Question, initial: bool, round_created: int) -> _Branch:
         b = _Branch(
             state=self.loop.start(q.question, len(q.branches)),
-            question=qi,
+            question=q.index,
             branch_id=len(q.branches),
             round_created=round_created,
             initial=initial,
         )
         q.branches.append(b)
         return b
+
+
+def _finish_ended(active: list[_Branch], live: set[int]) -> list[_Branch]:
+    """Close the branches whose state the loop no longer returned (``live``: ids of the states it
+    returned); the others, in order."""
+    for b in active:
+        if id(b.state) not in live:
+            AgentLoop.finish(b.state)
+            b.done = True
+    return [b for b in active if id(b.state) in live]
+
+
+def _next_round(call: _Call, running: list[_Branch], fresh: list[_Branch]) -> list[_Branch]:
+    """The branches of the next round: the running ones still kept (dropped reserves leave) and the
+    fresh ones, by question and branch id (reserves not taken, id -1, first)."""
+    kept = {id(b) for q in call.questions for b in q.branches + q.reserves}
+    return sorted([b for b in running if id(b) in kept] + fresh, key=lambda b: (b.question, b.branch_id))

@@ -118,7 +118,10 @@ class AgentLoop:
         few_shot: list[tuple[str, str]] | None = None,
         max_active: int = 16,
         tool_workers: int = 8,
+        owned: Iterable[Generator | Tool] = (),
     ):
+        """``owned``: the generator and tools this loop closes when it is closed (those it was
+        built with by :func:`etagent.agent.build_agent`; a caller's own ones stay open)."""
         self.generator = generator
         self.tokenizer = generator.tokenizer
         self.tools = tools
@@ -129,6 +132,7 @@ class AgentLoop:
         self.few_shot = few_shot or []
         self.max_active = max_active
         self._pool = ThreadPoolExecutor(max_workers=tool_workers, thread_name_prefix="etagent-tool")
+        self._owned = list(owned)
 
     # -- prompts -------------------------------------------------------------------------------
 
@@ -524,3 +528,6 @@ class AgentLoop:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        owned, self._owned = self._owned, []
+        for resource in reversed(owned):
+            resource.close()

@@ -13,15 +13,13 @@ from pathlib import Path
 
 from pydantic import Field
 
-from etagent.backends.config import BackendConfig, build_generator
+from etagent.agent import AgentConfig, build_agent
 from etagent.config import ConfigModel
-from etagent.data.loader import load_questions
 from etagent.io import atomic_write_json, atomic_write_jsonl, read_records, repair_torn_tail, resumable_output
 from etagent.records import Trajectory
-from etagent.rollout.few_shot import expert_few_shot
-from etagent.rollout.loop import AgentLoop, BudgetConfig, SamplingConfig
+from etagent.rollout.loop import AgentLoop
 from etagent.scoring.summary import summarize
-from etagent.tools.config import ToolsConfig, build_tools
+from etagent.tasks import DataRef, resolve_data
 
 log = logging.getLogger("etagent.rollout")
 
@@ -29,17 +27,20 @@ TRAJECTORIES = "trajectories.jsonl"
 SUMMARY = "summary.json"
 
 
+DATA_HELP = "task:split (toolworld:dev), a task YAML file[:split], or a question file (JSONL, datasets)"
+TASK_HELP = "the task of a question file given as data (its corpus, answer check, oracle, examples)"
+
+
 class RolloutConfig(ConfigModel):
-    data: str = Field("toolworld:dev", description="JSONL path, toolworld:<split>, or a datasets file/dir")
+    data: str = Field("toolworld:dev", description=DATA_HELP)
+    task: str | None = Field(None, description=TASK_HELP)
     limit: int | None = Field(None, ge=1, description="first N questions only")
     n: int = Field(1, ge=1, description="trajectories per question")
-    backend: BackendConfig = Field(default_factory=BackendConfig)
-    tools: ToolsConfig = Field(default_factory=ToolsConfig)
-    budget: BudgetConfig = Field(default_factory=BudgetConfig)
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
-    few_shot: int = Field(0, ge=0, description="expert-written example trajectories in the prompt")
-    max_active: int = Field(16, ge=1, description="trajectories generated together (continuous batching)")
+    agent: AgentConfig = Field(default_factory=AgentConfig)
     output: str = Field(TRAJECTORIES, description="file name inside the run directory")
+
+    def data_ref(self) -> DataRef:
+        return resolve_data(self.data, self.task)
 
 
 def completed_questions(path: Path, n: int) -> set[str]:
@@ -57,25 +58,14 @@ def completed_questions(path: Path, n: int) -> set[str]:
     return complete
 
 
-def build_loop(cfg: RolloutConfig) -> AgentLoop:
-    generator = build_generator(cfg.backend)
-    tools = build_tools(cfg.tools)
-    tokenizer_name = cfg.backend.tokenizer or cfg.backend.model
-    few_shot = expert_few_shot(cfg.few_shot, cfg.tools, tokenizer_name) if cfg.few_shot else []
-    return AgentLoop(
-        generator,
-        tools,
-        budget=cfg.budget,
-        sampling=cfg.sampling,
-        few_shot=few_shot,
-        max_active=cfg.max_active,
-    )
-
-
 def run_rollout(cfg: RolloutConfig, run_dir: Path, loop: AgentLoop | None = None) -> dict:
-    """Roll out every question not yet on disk, then write and return the summary."""
+    """Roll out every question not yet on disk, then write and return the summary.
+
+    ``loop`` replaces the agent built from ``cfg.agent`` (eval shares one across data sets).
+    """
     out = run_dir / cfg.output
-    questions = load_questions(cfg.data, limit=cfg.limit)
+    data = cfg.data_ref()
+    questions = data.questions(cfg.limit)
     done = completed_questions(out, cfg.n)
     todo = [q for q in questions if q.id not in done]
     log.info(
@@ -83,11 +73,11 @@ def run_rollout(cfg: RolloutConfig, run_dir: Path, loop: AgentLoop | None = None
         len(questions),
         len(done),
         cfg.n,
-        cfg.backend.kind,
+        cfg.agent.backend.kind,
     )
     if todo:
         own_loop = loop is None
-        loop = loop or build_loop(cfg)
+        loop = loop or build_agent(cfg.agent, data.task)
         try:
             with resumable_output(out, len(questions), len(questions) - len(todo), "rollout") as (
                 writer,
@@ -98,15 +88,12 @@ def run_rollout(cfg: RolloutConfig, run_dir: Path, loop: AgentLoop | None = None
                     bar.update(1)
         finally:
             if own_loop:
-                loop.generator.close()
-                for tool in loop.tools.values():
-                    tool.close()
                 loop.close()
     wanted = {q.id for q in questions}
     trajectories = [t for t in read_records(out, Trajectory) if t.question_id in wanted]
     summary = summarize(trajectories)
     summary["data"] = cfg.data
-    summary["backend"] = cfg.backend.kind
-    summary["model"] = cfg.backend.model
+    summary["backend"] = cfg.agent.backend.kind
+    summary["model"] = cfg.agent.backend.model
     atomic_write_json(run_dir / out.with_suffix(".summary.json").name, summary)
     return summary

@@ -12,20 +12,37 @@ Math (``math_equal``): a real verifier, ``math-verify`` (sympy), OR the Hendryck
 normalisation (``strip_string``/``is_equiv``, the reference's check) as the fallback. Either one
 saying "equal" is enough. Word answers ("Tuesday", "\\text{east}") skip math-verify: it parses
 letters as commuting symbols, so "New York" would equal "York New".
+
+The rule every stage uses (``answer_correctness``): a maths judge's verdict when there is one,
+else the task's own answer check when it gives a number, else the standard rule of the question's
+kind (equivalence for maths, F1 or exact match for QA). Each caller passes the normalisation it
+has always used.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import numbers
 import re
 import string
 import threading
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
+
+from etagent.protocol import tags
+from etagent.records import Question, Trajectory
 
 Normalisation = Literal["reference", "squad", "compact"]
 QAMetric = Literal["f1", "exact_match"]
+#: the rule a correctness came from: QA token F1 or exact match, maths equivalence, an LLM judge's
+#: verdict, or the task's own answer check
+CorrectnessMetric = Literal["f1", "exact_match", "math_equiv", "judge", "task"]
+#: a task's own answer check (``Task.check_answer``): the correctness of a prediction in [0, 1], or
+#: None to use the standard rule for this question
+AnswerCheck = Callable[[Question, str], "float | None"]
 
 log = logging.getLogger(__name__)
 
@@ -238,3 +255,71 @@ def answer_equal(prediction: str, golds: str | list[str], task: str) -> bool:
     if task == "math":
         return math_equal(prediction, golds)
     return bool(prediction.strip()) and any(is_equiv(prediction, g) for g in as_gold_list(golds))
+
+
+# --------------------------------------------------------------------------------------------
+# The correctness rule
+
+
+@dataclass(frozen=True)
+class Correctness:
+    """How correct a prediction is, in [0, 1], and which rule said so."""
+
+    value: float
+    metric: CorrectnessMetric
+
+
+def final_answer(traj: Trajectory) -> str:
+    """The trajectory's prediction, or the answer in its text when none was recorded."""
+    return traj.prediction or tags.extract_answer(traj.response_text)
+
+
+def answer_correctness(
+    question: Question,
+    prediction: str,
+    *,
+    qa_metric: QAMetric = "f1",
+    normalisation: Normalisation = "reference",
+    judge_verdict: bool | None = None,
+    check: AnswerCheck | None = None,
+    blank_is_wrong: bool = False,
+) -> Correctness:
+    """The correctness of ``prediction`` for ``question``: the first of these rules that applies.
+
+    1. ``judge_verdict`` (an LLM judge's verdict, METHOD 7.2), for a maths question: 1 or 0 ("judge");
+    2. ``check(question, prediction)`` (the task's ``check_answer``), when it returns a number ("task");
+    3. a maths question: ``math_equal`` to a gold answer, 1 or 0 ("math_equiv");
+    4. any other question: token F1 or exact match (``qa_metric``) under ``normalisation``.
+
+    Callers pass the normalisation they use: "reference" in evaluation (METHOD 7.3), "squad" for
+    the reward's F1 and the flywheel, "compact" for the reward's exact match (METHOD 6.4).
+    ``blank_is_wrong`` scores a blank prediction 0 in rule 4 even when a gold answer normalises to
+    nothing (the flywheel's rule); maths never counts a blank prediction as correct.
+
+    >>> q = Question(id="q", question="Largest US city?", answer=["New York", "NYC"])
+    >>> answer_correctness(q, "New York City")
+    Correctness(value=0.8, metric='f1')
+    >>> answer_correctness(q, "new york", qa_metric="exact_match")
+    Correctness(value=1.0, metric='exact_match')
+    >>> answer_correctness(q, "Gotham", check=lambda q, p: 1.0 if p == "Gotham" else None)
+    Correctness(value=1.0, metric='task')
+    """
+    if judge_verdict is not None and question.task == "math":
+        return Correctness(float(judge_verdict), "judge")
+    if check is not None:
+        value = check(question, prediction)
+        if value is not None:
+            if not (isinstance(value, numbers.Real) and 0.0 <= value <= 1.0):
+                raise ValueError(
+                    f"the answer check returned {value!r} for question {question.id!r}: "
+                    "expected a number in [0, 1], or None for the standard rule"
+                )
+            return Correctness(float(value), "task")
+    golds = question.answers
+    if question.task == "math":
+        return Correctness(float(math_equal(prediction, golds)), "math_equiv")
+    if qa_metric not in ("f1", "exact_match"):
+        raise ValueError(f"unknown QA metric {qa_metric!r} (expected 'f1' or 'exact_match')")
+    if blank_is_wrong and not prediction.strip():
+        return Correctness(0.0, qa_metric)
+    return Correctness(qa_score(prediction, golds, qa_metric, normalisation), qa_metric)

@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS verdicts (
 
 
 def default_verdict_cache_path() -> Path:
-    from etagent.backends.model_store import cache_dir
+    from etagent.runtime import cache_dir
 
     return cache_dir() / "judge" / "verdicts.sqlite"
 

@@ -23,21 +23,28 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from statistics import mean
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from etagent.io import atomic_write_json, atomic_write_jsonl, read_records
 from etagent.protocol import tags
 from etagent.records import Trajectory
-from etagent.scoring.correctness import Normalisation, QAMetric, exact_match, math_equal, token_f1
+from etagent.scoring.correctness import (
+    AnswerCheck,
+    CorrectnessMetric,
+    Normalisation,
+    QAMetric,
+    answer_correctness,
+    exact_match,
+    final_answer,
+    token_f1,
+)
 
 if TYPE_CHECKING:
     from etagent.scoring.judge import LLMJudge
 
 log = logging.getLogger(__name__)
-
-CorrectnessMetric = Literal["f1", "exact_match", "math_equiv", "judge"]
 
 #: Substrings that mark a tool result as failed (METHOD 7.5, radar ``evaluate_tool_execute_errors``).
 #: "error" is matched case-insensitively, like the reference (so a passage mentioning the word counts).
@@ -55,7 +62,8 @@ class TrajectoryScore(BaseModel):
     question_id: str
     sample_index: int
     task: str
-    correctness: float  # in [0, 1]: F1 (or EM) for QA, judge verdict or math equivalence for maths
+    correctness: float  # in [0, 1]: F1 (or EM) for QA, judge verdict or math equivalence for maths,
+    # or the task's own answer check
     correctness_metric: CorrectnessMetric
     exact_match: float
     f1: float
@@ -111,28 +119,27 @@ def score_trajectory(
     concise: bool | None = None,
     qa_metric: QAMetric = "f1",
     normalisation: Normalisation = "reference",
+    check: AnswerCheck | None = None,
 ) -> TrajectoryScore:
-    """Score one trajectory. ``judge_verdict`` (LLM-as-judge, maths) replaces math equivalence as
-    the correctness when given; QA correctness is F1 (or exact match) with the METHOD 7.3
-    normalisation."""
+    """Score one trajectory. Correctness (:func:`~etagent.scoring.correctness.answer_correctness`):
+    ``judge_verdict`` (LLM-as-judge, maths) when given, else the task's ``check`` when it gives a
+    number, else math equivalence for maths and F1 (or exact match) with the METHOD 7.3
+    normalisation for QA."""
     text = traj.response_text
     q = traj.question
-    prediction = traj.prediction or tags.extract_answer(text)
+    prediction = final_answer(traj)
     golds = q.answers
     em = exact_match(prediction, golds, normalisation)
     f1 = token_f1(prediction, golds, normalisation)
-    metric: CorrectnessMetric
-    if q.task == "math":
-        if judge_verdict is not None:
-            correctness, metric = float(judge_verdict), "judge"
-        else:
-            correctness, metric = float(math_equal(prediction, golds)), "math_equiv"
-    elif qa_metric == "f1":
-        correctness, metric = f1, "f1"
-    elif qa_metric == "exact_match":
-        correctness, metric = em, "exact_match"
-    else:
-        raise ValueError(f"unknown qa_metric {qa_metric!r}")
+    correct = answer_correctness(
+        q,
+        prediction,
+        qa_metric=qa_metric,
+        normalisation=normalisation,
+        judge_verdict=judge_verdict,
+        check=check,
+    )
+    correctness = correct.value
     by_tool = tags.count_calls_by_tool(text)
     calls = sum(by_tool.values())
     results = tool_results(traj)
@@ -144,7 +151,7 @@ def score_trajectory(
         sample_index=traj.sample_index,
         task=q.task,
         correctness=correctness,
-        correctness_metric=metric,
+        correctness_metric=correct.metric,
         exact_match=em,
         f1=f1,
         judge=judge_verdict,
@@ -266,8 +273,11 @@ def score_run(
     judge: LLMJudge | None = None,
     qa_metric: QAMetric = "f1",
     conciseness_votes: int = 10,
+    check: AnswerCheck | None = None,
 ) -> dict[str, Any]:
     """Score every dataset of an eval run; write ``scores.jsonl`` and ``metrics.json`` atomically.
+
+    ``check`` is the task's answer check (``Task.check_answer``); None: the standard rule.
 
     With a judge: maths correctness is the judge's verdict (METHOD 7.2) and every trajectory that
     calls a tool gets a conciseness verdict from ``conciseness_votes`` votes (METHOD 7.5; 0 skips
@@ -294,7 +304,9 @@ def score_run(
             for i, v in zip(asked, answers, strict=True):
                 concise[i] = v
     rows = [
-        score_trajectory(t, name, judge_verdict=verdicts[i], concise=concise[i], qa_metric=qa_metric)
+        score_trajectory(
+            t, name, judge_verdict=verdicts[i], concise=concise[i], qa_metric=qa_metric, check=check
+        )
         for i, (name, t) in enumerate(everything)
     ]
     per_dataset: dict[str, dict[str, Any]] = {}

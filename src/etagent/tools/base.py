@@ -1,11 +1,17 @@
-"""Tools: a registered class per tool; the agent loop only sees this interface.
+"""Tools: a class per tool, found by name in :data:`TOOLS`; the agent loop only sees this interface.
 
-Adding a tool is one class::
+Adding a tool is one file and config. The class::
 
-    @register_tool("calculator")
     class Calculator(Tool):
+        name = "calculator"                                   # the tag: <calculator>2*(3+4)</calculator>
         spec = ToolSpec("calculator", "evaluates an arithmetic expression", "2*(3+4)")
+        config_class = CalculatorConfig                       # optional; its section in tools:
+        @classmethod
+        def from_config(cls, cfg: CalculatorConfig) -> Calculator: ...
         def call(self, content: str) -> ToolResult: ...
+
+and the config: ``tools: {enabled: [search, my_pkg.calc:Calculator], calculator: {...}}`` (a short
+name via ``TOOLS.register("calculator", "my_pkg.calc:Calculator")``).
 
 A tool never raises for a bad call: empty input, timeouts, crashes and limits come back as a
 ``ToolResult`` with an error status and a text the model can read, because the text is inserted
@@ -15,12 +21,17 @@ into the trajectory.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from etagent.config import ConfigModel
 from etagent.protocol.tags import ToolSpec
 from etagent.records import ToolStatus
+from etagent.registry import Registry, RegistryError
+
+
+class NoSettings(ConfigModel):
+    """The config section of a tool that has no settings."""
 
 
 @dataclass
@@ -32,8 +43,16 @@ class ToolResult:
 class Tool(ABC):
     """A tool the model can call with ``<name>content</name>``."""
 
+    #: the tag the model writes (``<name>...</name>``) and the key of its config section
     name: ClassVar[str]
     spec: ClassVar[ToolSpec]
+    #: the settings of the tool's ``tools.<name>`` section
+    config_class: ClassVar[type[ConfigModel]] = NoSettings
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Tool:
+        """The tool its config section describes."""
+        return cls()
 
     @abstractmethod
     def call(self, content: str) -> ToolResult:
@@ -47,41 +66,22 @@ class Tool(ABC):
         """Release resources (worker processes, connections)."""
 
 
-_REGISTRY: dict[str, type[Tool]] = {}
-
-
-def register_tool(name: str) -> Callable[[type[Tool]], type[Tool]]:
-    def deco(cls: type[Tool]) -> type[Tool]:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(
-                f"tool {name!r} is registered twice ({_REGISTRY[name].__name__}, {cls.__name__})"
-            )
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
+#: tool name -> "module:Class"; the classes are imported when first used
+TOOLS: Registry[type[Tool]] = Registry(
+    "tool",
+    {"search": "etagent.tools.search.tool:SearchTool", "python": "etagent.tools.python_tool:PythonTool"},
+)
 
 
 def tool_class(name: str) -> type[Tool]:
-    _import_builtin_tools()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown tool {name!r}; registered tools: {sorted(_REGISTRY)}") from None
+    """The tool class a registered name or dotted path names."""
+    cls = TOOLS.get(name)
+    if not (isinstance(cls, type) and issubclass(cls, Tool)):
+        raise RegistryError(f"tool {name!r} is {cls!r}, not a subclass of etagent.tools.base.Tool")
+    return cls
 
 
-def registered_tools() -> list[str]:
-    _import_builtin_tools()
-    return sorted(_REGISTRY)
-
-
-def _import_builtin_tools() -> None:
-    # importing the modules runs their @register_tool decorators
-    import etagent.tools.python_tool
-    import etagent.tools.search  # noqa: F401
-
-
-def build_tool(name: str, config: Any) -> Tool:
-    """Instantiate a registered tool from its config section."""
-    return tool_class(name).from_config(config)  # type: ignore[attr-defined]
+def build_tool(name: str, config: Any = None) -> Tool:
+    """Instantiate a registered tool (or a dotted path) from its config section (None: defaults)."""
+    cls = tool_class(name)
+    return cls.from_config(config if config is not None else cls.config_class())

@@ -22,7 +22,7 @@ from pydantic import Field
 
 from etagent.config import ConfigModel
 from etagent.protocol.tags import ToolSpec
-from etagent.tools.base import Tool, ToolResult, register_tool
+from etagent.tools.base import Tool, ToolResult
 from etagent.tools.sandbox.launch import Launcher, SandboxUnavailable, WorkerLimits
 from etagent.tools.sandbox.pool import PoolClosed, RunOutcome, SandboxStartError, WorkerPool, run_in_worker
 from etagent.tools.sandbox.worker import EXIT_DISK, EXIT_MEMORY, EXIT_PROCESSES
@@ -90,9 +90,11 @@ class PythonConfig(ConfigModel):
     )
 
 
-@register_tool("python")
 class PythonTool(Tool):
     """Runs Python code in a sandbox; thread-safe, calls run concurrently."""
+
+    name = "python"
+    config_class = PythonConfig
 
     spec = ToolSpec("python", "runs Python code and returns what it prints", "print(12 * 34)")
 

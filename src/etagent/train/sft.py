@@ -246,8 +246,8 @@ def build_trainer(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
 
-    from etagent.backends.hf import available_cores
     from etagent.backends.model_store import resolve_model
+    from etagent.runtime import available_cores
 
     torch.set_num_threads(cfg.threads or available_cores())
     model_path = resolve_model(cfg.model)

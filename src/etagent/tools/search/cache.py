@@ -35,7 +35,7 @@ _WS = re.compile(r"\s+")
 
 
 def default_cache_path() -> Path:
-    from etagent.backends.model_store import cache_dir
+    from etagent.runtime import cache_dir
 
     return cache_dir() / "search" / "query_cache.sqlite"
 

@@ -20,10 +20,10 @@ class SearchConfig(ConfigModel):
         "(pip install etagent[dense]); remote: an HTTP retrieval server (etagent serve-retriever, "
         "FlashRAG/ET-Agent host_wiki.py or Search-R1 retrieval_server.py)",
     )
-    corpus: str = Field(
-        "toolworld",
-        description="JSONL corpus of {id, title, text} for the local backends; 'toolworld' is the "
-        "embedded task's corpus",
+    corpus: str | None = Field(
+        None,
+        description="JSONL corpus of {id, title, text} for the local backends; None = the corpus of "
+        "the task being run",
     )
     top_k: int = Field(4, ge=1, le=100, description="passages per query (the reference RL scripts use 4)")
     max_doc_chars: int = Field(

@@ -10,8 +10,6 @@ from etagent.tools.search.corpus import Doc
 if TYPE_CHECKING:
     from etagent.tools.search.config import SearchConfig
 
-TOOLWORLD = "toolworld"
-
 
 class RetrieverError(RuntimeError):
     """Retrieval failed (server unreachable, bad answer); the message says where and why."""
@@ -35,17 +33,14 @@ class Retriever(Protocol):
     def close(self) -> None: ...
 
 
-def resolve_corpus(corpus: str) -> Path:
-    """A corpus setting -> a JSONL path. ``"toolworld"`` is the embedded task's corpus."""
-    if corpus == TOOLWORLD:
-        try:
-            from etagent.data.toolworld import default_corpus_path
-        except ImportError as e:
-            raise RetrieverError(
-                f"search.corpus='toolworld' needs etagent.data.toolworld.default_corpus_path ({e}); "
-                "set search.corpus to a JSONL file of {id, title, text} instead"
-            ) from None
-        return Path(default_corpus_path())
+def resolve_corpus(corpus: str | None) -> Path:
+    """A corpus setting -> a JSONL path. None (use the task's corpus) must have been filled in by
+    whoever knows the task (:func:`etagent.agent.build_agent`)."""
+    if corpus is None:
+        raise RetrieverError(
+            "search.corpus is not set and the task has no corpus; set tools.search.corpus to a JSONL "
+            "file of {id, title, text} (or {id, contents})"
+        )
     return Path(corpus).expanduser()
 
 

@@ -29,7 +29,7 @@ DOCS_FILE = "docs.json"
 
 
 def default_root() -> Path:
-    from etagent.backends.model_store import cache_dir
+    from etagent.runtime import cache_dir
 
     return cache_dir() / "search"
 

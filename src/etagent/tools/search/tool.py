@@ -18,7 +18,7 @@ from typing import ClassVar
 
 from etagent.protocol.tags import ToolSpec
 from etagent.records import ToolStatus
-from etagent.tools.base import Tool, ToolResult, register_tool
+from etagent.tools.base import Tool, ToolResult
 from etagent.tools.search.cache import QueryCache
 from etagent.tools.search.config import SearchConfig
 from etagent.tools.search.corpus import Doc
@@ -50,9 +50,11 @@ def _failure(error: Exception) -> ToolResult:
     return ToolResult(f"Search failed: {error}", status=status)
 
 
-@register_tool("search")
 class SearchTool(Tool):
     """Searches the knowledge corpus (BM25, dense, or a retrieval server) through a query cache."""
+
+    name = "search"
+    config_class = SearchConfig
 
     spec: ClassVar[ToolSpec] = ToolSpec(
         "search",

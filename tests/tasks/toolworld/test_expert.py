@@ -9,8 +9,6 @@ from collections import Counter
 import pytest
 
 from etagent.backends.base import Generator, SamplingParams
-from etagent.data.expert import ExpertPolicy, Variant, expert_plan_text, parse_progress, redundancy_options
-from etagent.data.toolworld import generate_world
 from etagent.protocol.tags import (
     ToolSpec,
     check_format,
@@ -23,6 +21,17 @@ from etagent.protocol.tags import (
     stop_strings,
 )
 from etagent.records import Question
+from etagent.tasks.toolworld import (
+    ExpertConfig,
+    ExpertPolicy,
+    ToolWorldTask,
+    Variant,
+    expert_plan_text,
+    generate_world,
+    parse_progress,
+    redundancy_options,
+)
+from etagent.tasks.toolworld.task import expert_settings
 
 STOPS = stop_strings()
 SYSTEM = render_system_prompt(
@@ -283,11 +292,8 @@ def test_plan_text_for_every_variant(world):
         expert_plan_text(world.questions("dev")[0], Variant(redundant=99))
 
 
-def test_from_config_and_build_generator(world):
-    from etagent.backends.config import BackendConfig, ExpertConfig, build_generator
-
-    cfg = BackendConfig(kind="expert", expert=ExpertConfig(redundant_rate=0.25, missing_rate=0.1, seed=3))
-    policy = build_generator(cfg)
+def test_oracle_settings_and_question_lookup(world):
+    policy = ToolWorldTask().oracle("embedded", {"redundant_rate": 0.25, "missing_rate": 0.1, "seed": 3})
     assert isinstance(policy, ExpertPolicy) and isinstance(policy, Generator)
     assert (policy.redundant_rate, policy.missing_rate, policy.seed) == (0.25, 0.1, 3)
     assert policy.world_seeds == [0, 3]
@@ -297,6 +303,14 @@ def test_from_config_and_build_generator(world):
     assert policy.find_question(f"Question: {q.question}\nAnswer step by step.").question == q.question
     with pytest.raises(ValueError, match="redundant_rate"):
         ExpertPolicy(policy.tokenizer, redundant_rate=1.5)
+    # settings: None (defaults), an ExpertConfig, a mapping; invalid ones name the field
+    assert expert_settings(None) == ExpertConfig()
+    cfg = ExpertConfig(missing_rate=0.5)
+    assert expert_settings(cfg) is cfg and expert_settings({"seed": 2}) == ExpertConfig(seed=2)
+    with pytest.raises(ValueError, match=r"expert\.redundant_rate"):
+        expert_settings({"redundant_rate": 2})
+    with pytest.raises(ValueError, match=r"expert\.temperature"):
+        expert_settings({"temperature": 1.0})
 
 
 def test_extra_questions_from_another_world(tokenizer, tools):

@@ -1,12 +1,13 @@
 """The tool world's scripted expert: a Generator that writes (nearly) minimal correct trajectories.
 
-It stands in for a model wherever a generation backend is used (``backend.kind: expert``), to make
-cold-start SFT data and to test the agent loop end to end. For each prompt it
+It is the task's oracle (``backend.kind: expert``, :meth:`ToolWorldTask.oracle
+<etagent.tasks.toolworld.task.ToolWorldTask.oracle>`): it stands in for a model to make cold-start
+SFT data, write prompt examples and test the agent loop end to end. For each prompt it
 
 1. decodes the prompt and takes the question from the LAST user turn (few-shot prompts have
    earlier example turns) and the partial trajectory after the LAST assistant generation prompt;
 2. looks the question up among the tool world's questions (their ``meta["plan"]`` is the minimal
-   solution; see :mod:`etagent.data.toolworld`);
+   solution; see :mod:`etagent.tasks.toolworld`);
 3. counts the tool calls already completed (a call followed by its ``<result>``) and writes the
    next segment: ``<think>...</think><search>q</search>`` (ending at the tool's closing tag, a stop
    string) or the final ``<think>...</think><answer>...</answer>``.
@@ -14,20 +15,20 @@ cold-start SFT data and to test the agent loop end to end. For each prompt it
 The answer comes from the plan, never from the tool results, so the expert is exactly as good as
 the world's retrievability (tested separately with BM25).
 
-Controlled imperfection. A trajectory follows one *variant* of the plan: the minimal one; with
-probability ``redundant_rate`` one extra call (a repeated search with a paraphrased query, a
-re-run of the computation, or a plausible but unneeded search); with probability
-``missing_rate`` the last needed call skipped and the answer guessed (``meta["guess"]``, wrong
-but for rare luck). The expert is called once per segment and sees only the prefix, so the variant
-is never stored: at each turn it samples the next segment from the variants still *consistent*
-with the tool calls in the prefix, weighted by their prior. By the chain rule a whole trajectory
-then follows the prior, and it can never switch variant half-way (a redundant call, once made,
-is in the prefix; a skipped call is never made up later). The randomness is a hash of (seed,
-question id, prefix calls, sample index), where the sample index counts the ``n`` completions and
-repeated copies of one prompt in a batch, so results are deterministic yet samples differ.
+Controlled imperfection. A trajectory follows one *variant* of the plan
+(:mod:`etagent.tasks.toolworld.variants`): the minimal one; with probability ``redundant_rate``
+one extra call; with probability ``missing_rate`` the last needed call skipped and the answer
+guessed (wrong but for rare luck). The expert is called once per segment and sees only the
+prefix, so the variant is never stored: at each turn it samples the next segment from the
+variants still *consistent* with the tool calls in the prefix, weighted by their prior. By the
+chain rule a whole trajectory then follows the prior, and it can never switch variant half-way (a
+redundant call, once made, is in the prefix; a skipped call is never made up later). The
+randomness is a hash of (seed, question id, prefix calls, sample index), where the sample index
+counts the ``n`` completions and repeated copies of one prompt in a batch, so results are
+deterministic yet samples differ.
 
 Sampling parameters other than ``n``, ``stop``, ``max_new_tokens`` and ``seed`` are ignored: the
-expert's behaviour is set by its own config, not by a temperature.
+expert's behaviour is set by its own config (:class:`ExpertConfig`), not by a temperature.
 """
 
 from __future__ import annotations
@@ -38,10 +39,12 @@ import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from pydantic import Field
 
 from etagent.backends.base import Completion, FinishReason, Generator, Prompt, SamplingParams
-from etagent.data.toolworld import generate_world
+from etagent.config import ConfigModel
 from etagent.protocol.tags import (
     ANSWER,
     DEFAULT_TOOL_TAGS,
@@ -50,181 +53,24 @@ from etagent.protocol.tags import (
     close_tag,
     open_tag,
     parse_blocks,
-    render_answer,
-    render_call,
-    render_think,
 )
 from etagent.records import Question
-
-if TYPE_CHECKING:
-    from etagent.backends.config import BackendConfig
-
-Step = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Variant:
-    """Which imperfection a trajectory has: none, one redundant call, a skipped call, or both.
-
-    ``redundant`` indexes :func:`redundancy_options` (computed for the same ``missing``).
-    """
-
-    missing: bool = False
-    redundant: int | None = None
+from etagent.tasks.toolworld.variants import (
+    ExpertSegment,
+    Variant,
+    plan_of,
+    redundancy_options,
+    variant_segments,
+)
+from etagent.tasks.toolworld.world import generate_world
 
 
-@dataclass(frozen=True)
-class ExpertSegment:
-    """One model-written segment: a think block and the call or answer that follows it."""
+class ExpertConfig(ConfigModel):
+    """The tool world's scripted expert policy (a Generator that writes minimal correct trajectories)."""
 
-    think: str
-    body: str
-    call: tuple[str, str] | None  # (tool, content) for a call; None for the answer
-
-    @property
-    def text(self) -> str:
-        return render_think(self.think) + self.body
-
-
-# --------------------------------------------------------------------------------------------
-# Pure rendering of a question's variants
-
-
-def _plan(question: Question) -> list[Step]:
-    try:
-        return list(question.meta["plan"])
-    except KeyError:
-        raise ValueError(
-            f"question {question.id!r} has no meta['plan']; the expert needs a tool-world question"
-        ) from None
-
-
-def _kept_steps(question: Question, missing: bool) -> list[Step]:
-    plan = _plan(question)
-    return plan[:-1] if missing and plan else plan
-
-
-def _known_entities(question: Question, kept: list[Step]) -> str:
-    """Text the trajectory has seen (the question and the kept steps' facts): an unneeded search
-    may only ask about an entity named there."""
-    return " ".join([question.question] + [s["fact"] for s in kept])
-
-
-def redundancy_options(question: Question, missing: bool = False) -> list[tuple[str, int]]:
-    """The redundant calls a variant can add: ``("repeat", i)`` re-does kept step i (paraphrased
-    query / rewritten code); ``("extra", j)`` makes unneeded call ``meta["extra_steps"][j]``."""
-    kept = _kept_steps(question, missing)
-    options: list[tuple[str, int]] = [("repeat", i) for i in range(len(kept))]
-    seen = _known_entities(question, kept)
-    for j, step in enumerate(question.meta.get("extra_steps") or []):
-        entity = step.get("reveals", {}).get("entity")
-        if entity is None or entity in seen:
-            options.append(("extra", j))
-    return options
-
-
-def _answer_text(question: Question) -> str:
-    return question.answers[0] if question.answers else ""
-
-
-def _intent(role: str, step: Step | None, first: bool, question: Question) -> str:
-    if role == "answer":
-        return f"So the answer is {_answer_text(question)}."
-    if role == "guess":
-        last, guess = _plan(question)[-1], question.meta.get("guess", "")
-        if last["tool"] == "python":
-            return (
-                f"Working out {last['need']} in my head gives about {guess}, so I will answer "
-                f"without running code. The answer is {guess}."
-            )
-        return f"I am fairly sure that {last['need']} is {guess}, so I will answer without searching."
-    assert step is not None
-    search = step["tool"] == "search"
-    if role == "repeat":
-        return (
-            f"Let me search again to double-check {step['need']}."
-            if search
-            else "Let me run the computation again to double-check it."
-        )
-    if role == "extra":
-        if not first:
-            return f"I will also look up {step['need']}."
-        if not question.meta.get("direct_note"):
-            return f"Let me first look up {step['need']}."
-        # after the question's own statement of the answer: a confirmation nobody needed
-        if search:
-            return f"Let me also search for {step['need']} to confirm it."
-        return f"Let me also check {step['need']} with Python."
-    if search:
-        return (
-            f"I need {step['need']}, so I will search for it."
-            if first
-            else f"Now I need {step['need']}, so I will search for it."
-        )
-    return (
-        f"I need to compute {step['need']}, so I will use Python."
-        if first
-        else f"Now I will compute {step['need']} with Python."
-    )
-
-
-def _commentary(role: str, step: Step) -> str:
-    """What the next think says about the result of the previous call."""
-    again = " again" if role == "repeat" else ""
-    if step["tool"] == "search":
-        return f"The search{again} says {step['fact']}."
-    return f"The code{again} prints {step['reveals']['facts']['result']}."
-
-
-def variant_segments(question: Question, variant: Variant = Variant()) -> list[ExpertSegment]:
-    """The segments of one variant's trajectory, in order (calls first, the answer last)."""
-    plan = _plan(question)
-    missing = variant.missing and bool(plan)
-    kept = _kept_steps(question, missing)
-    actions: list[tuple[str, Step]] = [("needed", s) for s in kept]
-    if variant.redundant is not None:
-        options = redundancy_options(question, missing)
-        if not 0 <= variant.redundant < len(options):
-            raise ValueError(
-                f"question {question.id!r}: no redundancy option {variant.redundant} "
-                f"({len(options)} available)"
-            )
-        kind, index = options[variant.redundant]
-        if kind == "repeat":
-            actions.insert(index + 1, ("repeat", kept[index]))
-        else:
-            # an unneeded search goes right after the last needed search (its entity is known by then)
-            searches = [i for i, (_, s) in enumerate(actions) if s["tool"] == "search"]
-            actions.insert(
-                searches[-1] + 1 if searches else 0, ("extra", question.meta["extra_steps"][index])
-            )
-    segments: list[ExpertSegment] = []
-    previous: tuple[str, Step] | None = None
-    for role, step in [*actions, ("guess" if missing else "answer", None)]:
-        parts = []
-        if previous is not None:
-            parts.append(_commentary(*previous))
-        elif question.meta.get("direct_note"):
-            parts.append(question.meta["direct_note"])
-        parts.append(_intent(role, step, previous is None, question))
-        think = " ".join(parts)
-        if step is None:
-            answer = question.meta.get("guess", "") if role == "guess" else _answer_text(question)
-            segments.append(ExpertSegment(think, render_answer(answer), None))
-        else:
-            tool = step["tool"]
-            if tool == "search":
-                content = step["alt_query"] if role == "repeat" else step["query"]
-            else:
-                content = step["alt_code"] if role == "repeat" else step["code"]
-            segments.append(ExpertSegment(think, render_call(tool, content), (tool, content.strip())))
-            previous = (role, step)
-    return segments
-
-
-def expert_plan_text(question: Question, variant: Variant = Variant()) -> list[str]:
-    """The model-written segments of a variant's trajectory as text (tool results go between them)."""
-    return [s.text for s in variant_segments(question, variant)]
+    redundant_rate: float = Field(0.0, ge=0, le=1, description="probability of one extra, redundant call")
+    missing_rate: float = Field(0.0, ge=0, le=1, description="probability of skipping a needed call")
+    seed: int = 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -345,21 +191,31 @@ class ExpertPolicy(Generator):
         self._markers = _chat_markers(tokenizer)
 
     @classmethod
-    def from_config(cls, cfg: BackendConfig) -> ExpertPolicy:
-        """Loads only the tokenizer (``cfg.tokenizer`` or ``cfg.model``), never model weights."""
+    def from_settings(
+        cls,
+        tokenizer_name: str,
+        settings: ExpertConfig | None = None,
+        *,
+        world_seeds: Iterable[int] | None = None,
+        questions: Iterable[Question] | None = None,
+    ) -> ExpertPolicy:
+        """The expert with ``settings`` (defaults when None); loads only the tokenizer
+        ``tokenizer_name`` ("embedded", "tiny" or a directory), never model weights."""
         from etagent.backends.model_store import load_tokenizer
 
-        expert = cfg.expert
+        settings = settings or ExpertConfig()
         return cls(
-            load_tokenizer(cfg.tokenizer or cfg.model),
-            redundant_rate=expert.redundant_rate,
-            missing_rate=expert.missing_rate,
-            seed=expert.seed,
+            load_tokenizer(tokenizer_name),
+            redundant_rate=settings.redundant_rate,
+            missing_rate=settings.missing_rate,
+            seed=settings.seed,
+            world_seeds=world_seeds,
+            questions=questions,
         )
 
     def add_question(self, question: Question) -> None:
         """Teach the expert one more question (it needs a ``meta["plan"]``); replaces a same-text one."""
-        _plan(question)
+        plan_of(question)
         key = _normalise(question.question)
         self._index[key] = question
         self._variants_cache.pop(key, None)
@@ -403,7 +259,7 @@ class ExpertPolicy(Generator):
         cached = self._variants_cache.get(key)
         if cached is not None:
             return cached
-        plan = _plan(question)
+        plan = plan_of(question)
         miss_priors = (
             [(False, 1.0 - self.missing_rate), (True, self.missing_rate)] if plan else [(False, 1.0)]
         )

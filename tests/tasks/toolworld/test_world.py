@@ -1,8 +1,10 @@
-"""The synthetic tool world: determinism, balance, disjoint splits, exact plans, retrievability."""
+"""The synthetic tool world: determinism, stability, balance, disjoint splits, exact plans, the step
+table, retrievability, files and cache."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import re
@@ -10,10 +12,12 @@ from collections import Counter
 
 import pytest
 
-from etagent.data import toolworld
-from etagent.data.toolworld import QTYPES, SPLITS, generate_world
 from etagent.io import read_records
 from etagent.records import Question
+from etagent.tasks import toolworld
+from etagent.tasks.toolworld import QTYPES, SPLITS, generate_world
+from etagent.tasks.toolworld.entities import City, Company, Person
+from etagent.tasks.toolworld.steps import FACT_FIELDS, SEARCHES, search_step, single_fact_kinds
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +40,52 @@ def test_deterministic_and_seed_dependent(world):
     other = generate_world(1)
     assert {q.question for q in other.questions()} != {q.question for q in world.questions()}
     assert set(other.people).isdisjoint(world.people)
+
+
+#: sha256 of the default worlds (corpus, then every question with its meta). A change means every
+#: cached world, question file and trajectory made from it no longer matches: change the generator
+#: on purpose only, and then bump WORLD_VERSION.
+GOLDEN = {
+    0: "cdb8040ba5eae5d9717bb7343d956c3a669aabc25dd26ab0215c730c5ed5ead9",
+    1: "e12c6621074ee2db2e07edb4d953d4c2739c9135690785230ff36d126747849f",
+}
+
+
+def world_digest(world: toolworld.ToolWorld) -> str:
+    h = hashlib.sha256()
+    for d in world.corpus:
+        h.update(json.dumps(d.to_dict(), sort_keys=True).encode())
+    for q in world.questions():
+        h.update(json.dumps(q.model_dump(mode="json"), sort_keys=True).encode())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("seed", sorted(GOLDEN))
+def test_generated_worlds_never_change(seed, world):
+    assert world_digest(world if seed == 0 else generate_world(seed)) == GOLDEN[seed]
+
+
+def test_step_table(world):
+    """Every search kind fills in from its entity; single-fact kinds are named after their fact."""
+    examples = {
+        Person: next(iter(world.people.values())),
+        City: next(iter(world.cities.values())),
+        Company: next(iter(world.companies.values())),
+    }
+    for kind, row in SEARCHES.items():
+        entity = examples[row.entity]
+        step = search_step(kind, entity)
+        assert step["tool"] == "search" and entity.name in step["query"] and entity.name in step["alt_query"]
+        assert step["reveals"]["entity"] == entity.name and step["reveals"]["doc_id"] == entity.doc_id
+        facts = step["reveals"]["facts"]
+        assert list(facts) == list(row.reveals)
+        for fact, value in facts.items():
+            assert value == str(getattr(entity, FACT_FIELDS[fact])) and value in step["fact"]
+    assert single_fact_kinds(Person) == ["birth_city", "birth_year"]
+    assert single_fact_kinds(City) == ["country", "population", "city_founded"]
+    assert single_fact_kinds(Company) == ["founder", "hq", "company_founded"]
+    with pytest.raises(TypeError, match="about a Person"):
+        search_step("birth_city", examples[City])
 
 
 def test_sizes_and_balance(world):

@@ -1,0 +1,59 @@
+"""The transformers backend: batched generation with a small KV-cache decode loop of our own.
+
+Why not ``model.generate``: the agent loop calls ``generate()`` once per turn for every active
+trajectory, and those rows stop at different moments (one closes ``</search>`` after 8 tokens,
+another writes 300 tokens of reasoning). ``model.generate`` keeps finished rows in the batch,
+feeding them pad tokens until the *last* row stops, and its ``stop_strings`` criterion re-checks
+every row each step. Our loop:
+
+- drops a row from the batch and from the KV cache the step it hits eos, a stop string or its
+  length limit, so a step costs only the rows still running, and stops when none are;
+- refills the batch from the rows still waiting once a quarter of it is free (continuous
+  batching within one call), so ``n`` samples x many prompts keep ``batch_size`` rows busy;
+- keeps the keys/values of every finished sequence in a :class:`PrefixStore` and starts later
+  prompts that extend one from there: turn k+1 of a trajectory only runs the tool's observation,
+  and a system prompt shared by a batch runs once, not once per row (prefill runs at ~300
+  tokens/s on the 2-core CPU, so re-running 16 histories of 300 tokens would cost ~16 s a turn);
+- holds a prefix that all rows of a batch share (the agent loop's system prompt and few-shot
+  examples: ~750 tokens, 46 KB a token) once instead of once per row, with an attention function
+  of its own that attends to it and to each row's own positions separately (see
+  :mod:`.attention`); the finished rows go into the store as children of the entry holding it;
+- prefills rows in groups of similar uncached length (``engine._prefill_groups``), so that one
+  long tool result does not pad every row of a turn to its length, and never repeats the kv heads
+  of grouped-query attention (transformers' sdpa path copies the whole cache 3x per layer);
+- appends to preallocated cache buffers instead of concatenating the whole cache every step,
+  samples by inverse CDF instead of ``torch.multinomial`` (one exponential per vocab entry) and
+  finds the top-p nucleus with ``topk`` before falling back to a full sort: each of those was
+  10-50% of a batch-16 step on the CPU;
+- computes the log-probability of the sampled token and the top-k alternatives per step, so no
+  ``[batch, steps, vocab]`` score tensor is kept (the vocab is 49152).
+
+Measured with the embedded 135M model, 1 thread, fp32, on a shared 2-core CPU: 64 forced tokens,
+batch 1: 13.1 tok/s here vs 14.2 for ``generate``; batch 16: 87.4 vs 85.1 tok/s. Sixteen chat
+prompts sampled up to 128 tokens with stop strings: 16.5 s here vs 26.8 s for
+``generate(stop_strings=...)``, and 4.8x faster than the same prompts one at a time (79.9 s).
+``benchmarks/bench_rollout.py`` (16 tool-world trajectories, 2 few-shot examples, greedy, 757
+model tokens, 2 threads, empty prefix store at the start of each run), median of 2 alternating
+runs in one process: batched 32.6 s (before the shared prefix and the prefill groups:
+48.2 s), one trajectory at a time 77.7 s (79.0 s). What is left of the batched run
+is the prefill of the tool results (~2,400 tokens, ~9 s, the same work one at a time) and
+the 127 steps of its longest trajectory, of which 45 run with two rows at ~160 ms a step.
+
+The modules, one job each:
+
+- :mod:`.engine`: :class:`HFGenerator`, its batch scheduler and decode loop, prefill groups;
+- :mod:`.cache`: the KV-cache layer that appends in place into buffers with spare room;
+- :mod:`.attention`: the attention function that holds a batch's shared prefix once, and its
+  registration with transformers (done when the engine is imported);
+- :mod:`.prefix_store`: :class:`PrefixStore`, the keys/values of earlier sequences;
+- :mod:`.sampling`: choosing the next token (top-k, top-p, repetition penalty) and log-probs;
+- :mod:`.device`: ``auto`` device and dtype;
+- :mod:`.config`: :class:`HFConfig`, the ``backend.hf`` settings.
+"""
+
+from etagent.backends.hf.config import HFConfig
+from etagent.backends.hf.device import resolve_device, resolve_dtype
+from etagent.backends.hf.engine import HFGenerator
+from etagent.backends.hf.prefix_store import PrefixStore, default_prefix_cache_bytes
+
+__all__ = ["HFConfig", "HFGenerator", "PrefixStore", "default_prefix_cache_bytes", "resolve_device", "resolve_dtype"]
