@@ -3,7 +3,7 @@
 Both runs use the same agent loop, model (the embedded SmolLM2-135M by default), tools, few-shot
 prompt and sampling (T = 1) on the same tool-world questions. The independent run samples all
 16 trajectories of every question from the prompt, together in one batch. The ARPO run starts 8
-per question and makes the rest by branching right after tool results (METHOD 6.2): a branch
+per question and makes the rest by branching right after tool results (docs/method.md 6.2): a branch
 re-samples only what follows the branch point, and its prefix is already in the hf backend's
 prefix store, so it is neither generated nor prefilled again.
 
@@ -62,10 +62,9 @@ def main() -> None:
     import torch
 
     from etagent.backends.config import BackendConfig, build_generator
-
     from etagent.backends.hf import HFConfig
-    from etagent.rollout.arpo import ArpoConfig, ArpoRollout
-    from etagent.rollout.loop import AgentLoop, BudgetConfig, SamplingConfig
+    from etagent.loop.agent_loop import AgentLoop, BudgetConfig, SamplingConfig
+    from etagent.loop.arpo import ArpoConfig, ArpoRollout
     from etagent.tasks.toolworld import ToolWorldTask
     from etagent.tools.config import ToolsConfig, build_tools
 

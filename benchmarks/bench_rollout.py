@@ -39,9 +39,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from etagent.backends.config import BackendConfig, build_generator
-
     from etagent.backends.hf import HFConfig
-    from etagent.rollout.loop import AgentLoop, BudgetConfig, SamplingConfig
+    from etagent.loop.agent_loop import AgentLoop, BudgetConfig, SamplingConfig
     from etagent.tasks.toolworld import ToolWorldTask
     from etagent.tools.config import ToolsConfig, build_tools
 

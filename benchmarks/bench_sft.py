@@ -42,8 +42,8 @@ def expert_sft_file(questions: int, out: Path) -> Path:
     """sft.jsonl from expert-policy rollouts of the first ``questions`` tool-world train questions."""
     from etagent.backends.config import BackendConfig
     from etagent.io import atomic_write_jsonl, read_records
+    from etagent.loop.agent_loop import SamplingConfig
     from etagent.records import Trajectory
-    from etagent.rollout.loop import SamplingConfig
     from etagent.rollout.stage import RolloutConfig, run_rollout
     from etagent.train.sft_data import trajectories_to_sft_examples
 

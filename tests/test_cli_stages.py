@@ -9,7 +9,7 @@ import sys
 from typer.testing import CliRunner
 
 from etagent.cli import app
-from etagent.data.loader import load_questions
+from etagent.tasks import load_questions
 
 runner = CliRunner()
 

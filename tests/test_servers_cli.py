@@ -59,7 +59,7 @@ def _server(*args: str, health: str, timeout: float = 120) -> Iterator[str]:
 def test_rollout_through_serve_model_and_serve_retriever(tmp_path):
     with (
         _server("serve-model", "--model", "tiny", health="/health") as model_url,
-        _server("serve-retriever", "--corpus", "toolworld", health="/health") as search_url,
+        _server("serve-retriever", "--task", "toolworld", health="/health") as search_url,
     ):
         models = httpx.get(model_url + "/v1/models", timeout=10).json()
         assert models["data"]

@@ -13,7 +13,7 @@ from pydantic import Field
 from etagent.backends.base import Generator
 from etagent.backends.config import ORACLE, BackendConfig, build_generator
 from etagent.config import ConfigModel
-from etagent.rollout.loop import AgentLoop, BudgetConfig, SamplingConfig
+from etagent.loop.agent_loop import AgentLoop, BudgetConfig, SamplingConfig
 from etagent.tasks import Task
 from etagent.tools.base import Tool
 from etagent.tools.config import ToolsConfig, build_tools

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 # Must precede any torch import: busy-waiting OpenMP threads slow generation 5-20x as soon as
-# anything else (a tool worker, a server) uses a core (CPU_NOTES 3.3).
+# anything else (a tool worker, a server) uses a core (docs/cpu.md 3.3).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

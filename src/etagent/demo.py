@@ -15,11 +15,11 @@ from pydantic import Field
 from etagent.agent import AgentConfig
 from etagent.eval.stage import EvalConfig, EvalDataset
 from etagent.flywheel.stage import ColdStartConfig, FlywheelConfig
+from etagent.loop.agent_loop import BudgetConfig, SamplingConfig
 from etagent.pareto.selection import ParetoConfig
 from etagent.pareto.stage import ParetoStageConfig
 from etagent.pipeline import PipelineConfig
 from etagent.rl.config import RLConfig
-from etagent.rollout.loop import BudgetConfig, SamplingConfig
 from etagent.rollout.stage import RolloutConfig
 from etagent.train.sft import SFTConfig
 
@@ -82,7 +82,7 @@ def _eval() -> EvalConfig:
 
 class DemoConfig(PipelineConfig):
     cold_start_data: FlywheelConfig = Field(default_factory=_cold_start)
-    # ~150 trained tokens/s on 2 quiet cores (CPU_NOTES 4): 12 steps x 2 packed bins of 1,024 tokens
+    # ~150 trained tokens/s on 2 quiet cores (docs/cpu.md 4): 12 steps x 2 packed bins of 1,024 tokens
     # (~120 trajectories) take ~3 minutes and teach the tags (loss ~1.2 -> ~0.2)
     cold_start_sft: SFTConfig = Field(
         default_factory=lambda: SFTConfig(data="", max_steps=12, grad_accum=2, learning_rate=2e-4)

@@ -1,8 +1,8 @@
 """``etagent pipeline``: the whole method in one run directory, resumable stage by stage.
 
     cold-start data -> cold-start SFT      (only for a policy that cannot follow the tool format)
-    flywheel -> SFT                         (METHOD 3-4: the fine-tuned policy pi_0)
-    K x (Pareto sampling -> RL)             (METHOD 5-6: each stage samples with the latest policy)
+    flywheel -> SFT                         (docs/method.md 3-4: the fine-tuned policy pi_0)
+    K x (Pareto sampling -> RL)             (docs/method.md 5-6: each stage samples with the latest policy)
     eval of base / fine-tuned / RL models -> one report comparing them
 
 Each stage runs in its own sub-directory and, once finished, leaves ``stage.json`` (its summary)

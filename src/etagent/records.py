@@ -15,7 +15,7 @@ def not_blank(value: str) -> str:
 
 
 class Question(BaseModel):
-    """One question in the benchmark schema (../shared/data/benchmarks/README.md).
+    """One question in the benchmark schema (docs/run-directory.md 9.1).
 
     ``meta`` carries optional extras; the tool world stores each question's minimal plan there
     (``min_search``, ``min_python``, ``min_tool_calls``).

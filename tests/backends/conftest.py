@@ -9,8 +9,7 @@ import torch
 @pytest.fixture(scope="session")
 def tiny_gen(tiny_model_path):
     from etagent.backends.config import BackendConfig
-    from etagent.backends.hf import HFConfig
-    from etagent.backends.hf import HFGenerator
+    from etagent.backends.hf import HFConfig, HFGenerator
 
     gen = HFGenerator.from_config(
         BackendConfig(model=str(tiny_model_path), hf=HFConfig(threads=1, device="cpu"))

@@ -10,8 +10,7 @@ import torch
 
 from etagent.backends.base import SamplingParams
 from etagent.backends.config import BackendConfig
-from etagent.backends.hf import HFConfig
-from etagent.backends.hf import HFGenerator
+from etagent.backends.hf import HFConfig, HFGenerator
 from etagent.backends.hf.sampling import _top_p_filter
 from tests.backends.scripted import MarkovLM, chain
 

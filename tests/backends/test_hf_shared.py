@@ -10,8 +10,7 @@ import torch
 
 from etagent.backends.base import SamplingParams
 from etagent.backends.config import BackendConfig
-from etagent.backends.hf import HFConfig
-from etagent.backends.hf import HFGenerator, PrefixStore, default_prefix_cache_bytes
+from etagent.backends.hf import HFConfig, HFGenerator, PrefixStore, default_prefix_cache_bytes
 from etagent.backends.hf.attention import _attend_with_shared
 from etagent.backends.hf.engine import _Batch, _prefill_groups
 from tests.backends.scripted import MarkovLM, chain

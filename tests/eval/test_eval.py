@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import etagent.eval.stage as stage
+from etagent.agent import AgentConfig
 from etagent.backends.config import BackendConfig
 from etagent.config import ConfigError, load_config
 from etagent.eval import EvalConfig, EvalDataset, rescore, run_eval
@@ -22,7 +23,7 @@ LIMIT = 8
 def _expert_cfg(*datasets: EvalDataset) -> EvalConfig:
     return EvalConfig(
         datasets=list(datasets) or [EvalDataset(data="toolworld:dev", limit=LIMIT)],
-        backend=BackendConfig(kind="expert"),
+        agent=AgentConfig(backend=BackendConfig(kind="expert"), sampling={"temperature": 0.0}),
     )
 
 
@@ -71,10 +72,11 @@ def test_resume_regenerates_reports_without_rolling_out(expert_run, tmp_path, mo
     for name in ("report.md", "report.html"):
         (run_dir / name).unlink()
 
-    def no_model(cfg):
+    def no_model(*args, **kwargs):
         raise AssertionError("nothing is left to generate: the model must not be loaded")
 
-    monkeypatch.setattr(stage, "build_loop", no_model)
+    monkeypatch.setattr(stage, "build_generator_for", no_model)
+    monkeypatch.setattr(stage, "build_agent", no_model)
     metrics = run_eval(_expert_cfg(), run_dir)
     assert (run_dir / "report.md").exists() and (run_dir / "report.html").exists()
     assert path.read_bytes() == lines
@@ -93,17 +95,22 @@ def test_interrupted_eval_finishes_only_the_missing_questions(expert_run, tmp_pa
 
 
 def test_datasets_share_one_model_load(tmp_path, monkeypatch):
-    built = []
-    real = stage.build_loop
+    loaded, agents = [], []
+    real_generator, real_agent = stage.build_generator_for, stage.build_agent
 
-    def counting(cfg):
-        built.append(cfg.data)
-        return real(cfg)
+    def counting_generator(backend, task):
+        loaded.append(backend.kind)
+        return real_generator(backend, task)
 
-    monkeypatch.setattr(stage, "build_loop", counting)
+    def counting_agent(cfg, task, **kwargs):
+        agents.append(kwargs["generator"])
+        return real_agent(cfg, task, **kwargs)
+
+    monkeypatch.setattr(stage, "build_generator_for", counting_generator)
+    monkeypatch.setattr(stage, "build_agent", counting_agent)
     cfg = _expert_cfg(EvalDataset(data="toolworld:dev", limit=3), EvalDataset(data="toolworld:test", limit=2))
     metrics = run_eval(cfg, tmp_path / "run")
-    assert built == ["toolworld:dev"]
+    assert loaded == ["expert"] and len(agents) == 2 and agents[0] is agents[1]  # one model, an agent per data set
     assert {k: v["n"] for k, v in metrics["datasets"].items()} == {"toolworld-dev": 3, "toolworld-test": 2}
     assert "## toolworld-test" in (tmp_path / "run" / "report.md").read_text()
 
@@ -134,9 +141,11 @@ def test_dataset_names_and_config_errors(tmp_path):
 def test_shipped_configs_load():
     root = Path(__file__).resolve().parents[2] / "configs"
     tw = load_config(EvalConfig, root / "eval_toolworld.yaml")
-    assert tw.backend.model == "embedded" and tw.few_shot == 3 and tw.datasets[0].data == "toolworld:dev"
+    assert tw.agent.backend.model == "embedded" and tw.agent.few_shot == 3
+    assert tw.datasets[0].data == "toolworld:dev"
     hp = load_config(EvalConfig, root / "eval_hotpotqa.yaml")
-    assert hp.tools.enabled == ["search"] and hp.tools.search.corpus.endswith("wiki_multihop.jsonl")
+    assert hp.agent.tools.enabled == ["search"] and hp.agent.tools.search.corpus.endswith("wiki_multihop.jsonl")
+    assert hp.agent.few_shot == 0  # a question file has no prompt examples of its own
     assert hp.datasets[0].dataset_name == "hotpotqa"
 
 

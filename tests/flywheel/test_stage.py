@@ -12,11 +12,12 @@ from etagent.flywheel import operators as ops
 from etagent.flywheel.buffer import BufferRecord, FlywheelEntry, select_parent
 from etagent.flywheel.stage import Flywheel, FlywheelConfig, run_flywheel
 from etagent.io import read_records
+from etagent.loop.agent_loop import AgentLoop
 from etagent.protocol import tags
 from etagent.records import Question, Trajectory
-from etagent.rollout.loop import AgentLoop
 from etagent.tasks.toolworld import ExpertPolicy
 from etagent.tasks.toolworld.critic import ExpertCritic
+from etagent.tasks.toolworld.task import expert_settings
 from etagent.train.sft_data import load_sft_examples
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -26,7 +27,7 @@ def _cfg(**over) -> FlywheelConfig:
     base = {
         "limit": 8,
         "concurrency": 3,
-        "policy": {"kind": "expert", "expert": {"redundant_rate": 0.4, "missing_rate": 0.3}},
+        "agent": {"backend": {"kind": "expert", "expert": {"redundant_rate": 0.4, "missing_rate": 0.3}}},
         "hint_pools": {"qa": "general"},
     }
     base.update(over)
@@ -35,9 +36,10 @@ def _cfg(**over) -> FlywheelConfig:
 
 def _flywheel(cfg: FlywheelConfig, tokenizer, tools) -> Flywheel:
     """The flywheel of ``cfg`` with the session's tokenizer and tools (nothing reloaded)."""
-    rates = cfg.policy_backend().expert
+    agent = cfg.policy_agent()
+    rates = expert_settings(agent.backend.section("expert"))
     policy = ExpertPolicy(tokenizer, redundant_rate=rates.redundant_rate, missing_rate=rates.missing_rate)
-    loop = AgentLoop(policy, tools, budget=cfg.budget, sampling=cfg.sampling, max_active=cfg.max_active)
+    loop = AgentLoop(policy, tools, budget=agent.budget, sampling=agent.sampling, max_active=agent.max_active)
     critic = ExpertCritic()
     return Flywheel(cfg, loop, critic, critic)
 
@@ -205,7 +207,7 @@ def test_cold_start_from_configuration_alone(tmp_path):
 
 def test_configs_validate_and_name_the_roles():
     toolworld = load_config(FlywheelConfig, CONFIGS / "flywheel_toolworld.yaml")
-    assert toolworld.policy.kind == "hf" and toolworld.critic.kind == toolworld.helper.kind == "expert"
+    assert toolworld.agent.backend.kind == "hf" and toolworld.critic.kind == toolworld.helper.kind == "expert"
     vllm = load_config(FlywheelConfig, CONFIGS / "flywheel_vllm.yaml")
     assert vllm.critic.kind == "llm" and vllm.critic.backend.kind == "openai" and vllm.helper.backend is None
     assert vllm.continuation_budget.max_calls_per_tool == 10
@@ -220,8 +222,10 @@ def test_hf_policy_runs_end_to_end(tmp_path):
         {
             "limit": 2,
             "rounds": 1,
-            "policy": {"kind": "hf", "model": "tiny", "hf": {"threads": 1}},
-            "budget": {"max_new_tokens_per_call": 8, "max_response_tokens": 24},
+            "agent": {
+                "backend": {"kind": "hf", "model": "tiny", "hf": {"threads": 1}},
+                "budget": {"max_new_tokens_per_call": 8, "max_response_tokens": 24},
+            },
             "continuation_budget": {"max_new_tokens_per_call": 8, "max_response_tokens": 32},
         }
     )

@@ -9,7 +9,6 @@ import random
 import numpy as np
 import pytest
 
-from etagent.data.loader import load_questions
 from etagent.io import DataError
 from etagent.pareto import (
     ObjectivesConfig,
@@ -27,9 +26,10 @@ from etagent.pareto import (
     write_stages,
 )
 from etagent.records import Question
+from etagent.tasks import load_questions
 
 # --------------------------------------------------------------------------------------------
-# brute-force reference: the definitions of METHOD 5.3, written out pairwise
+# brute-force reference: the definitions of docs/method.md 5.3, written out pairwise
 
 
 def dominates(p, q) -> bool:

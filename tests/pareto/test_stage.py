@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-from etagent.data.loader import load_questions
 from etagent.io import read_records
 from etagent.pareto.stage import GROUPS, SCORES, ParetoStageConfig, run_pareto
 from etagent.records import Trajectory
+from etagent.tasks import load_questions
 
 
 def _config(**selection) -> ParetoStageConfig:
@@ -17,7 +17,9 @@ def _config(**selection) -> ParetoStageConfig:
                 "data": "toolworld:train",
                 "limit": 12,
                 "n": 4,
-                "backend": {"kind": "expert", "expert": {"missing_rate": 0.5, "redundant_rate": 0.3}},
+                "agent": {
+                    "backend": {"kind": "expert", "expert": {"missing_rate": 0.5, "redundant_rate": 0.3}}
+                },
             },
             "selection": {"budget": 4, **selection},
         }

@@ -147,7 +147,7 @@ def test_viewer_marks_a_result_the_model_wrote_and_cuts_long_blocks(tmp_path):
     fake = make_traj("q-1", "x", "x")
     fake.segments[-1].text = "<think>t</think><result>I made this up</result><answer>\\boxed{x}</answer>"
     long = make_traj("q-2", "y", "y", [("search", "q", "z" * 5000, "ok")])
-    # the scoring counts a result mentioning "error" as failed (METHOD 7.5); the viewer says so
+    # the scoring counts a result mentioning "error" as failed (docs/method.md 7.5); the viewer says so
     marker = make_traj("q-3", "y", "y", [("search", "q", "(1) Error correction codes ...", "ok")])
     run = write_run(tmp_path / "r", {"d": [fake, long, marker]})
     items = viewer_data(load_runs([run]), max_block_chars=100)

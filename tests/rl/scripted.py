@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from etagent.backends.base import Completion, Generator, SamplingParams, trim_at_stop
-from tests.rollout.test_loop import ASSISTANT
+from tests.loop.test_agent_loop import ASSISTANT
 
 
 def model_written(response: str) -> str:

@@ -13,8 +13,8 @@ from etagent.records import Question
 from etagent.rl import RLConfig, run_rl
 from etagent.rl.trl_engine import JsonlLog, build_trainer
 from etagent.tasks.toolworld import load_split
+from tests.loop.test_agent_loop import EchoTool
 from tests.rl.scripted import CyclingScripts
-from tests.rollout.test_loop import EchoTool
 
 LOG_KEYS = {
     "step",
@@ -37,9 +37,11 @@ def _script(answer: str, queries: list[str]) -> str:
 
 def _cfg(model: Path, **kw) -> RLConfig:
     base = {
-        "model": str(model),
-        "tools": {"enabled": ["search"]},
-        "budget": {"max_new_tokens_per_call": 16, "max_response_tokens": 48},
+        "agent": {
+            "backend": {"model": str(model)},
+            "tools": {"enabled": ["search"]},
+            "budget": {"max_new_tokens_per_call": 16, "max_response_tokens": 48},
+        },
         "num_generations": 2,
         "questions_per_step": 2,
         "micro_batch_size": 2,
@@ -64,7 +66,11 @@ def test_trl_advantages_and_loss_mask_from_our_rollouts(tiny_model_path, tmp_pat
         micro_batch_size=4,
         max_steps=1,
         reward={"sigma_tool": 0.0, "sigma_length": 0.0},
-        budget={"max_new_tokens_per_call": 64, "max_response_tokens": 256},
+        agent={
+            "backend": {"model": str(tiny_model_path)},
+            "tools": {"enabled": ["search"]},
+            "budget": {"max_new_tokens_per_call": 64, "max_response_tokens": 256},
+        },
     )
     trainer, _ = build_trainer(
         cfg,
@@ -128,9 +134,7 @@ def test_two_steps_checkpoint_and_resume_to_three(tiny_model_path, tmp_path):
     from safetensors.torch import load_file
 
     from etagent.backends.config import BackendConfig
-
-    from etagent.backends.hf import HFConfig
-    from etagent.backends.hf import HFGenerator
+    from etagent.backends.hf import HFConfig, HFGenerator
 
     gen = HFGenerator.from_config(BackendConfig(model=summary["model"], hf=HFConfig(threads=1, device="cpu")))
     trained = load_file(tmp_path / "checkpoints" / "checkpoint-3" / "model.safetensors")

@@ -7,10 +7,10 @@ import json
 import pytest
 
 from etagent.io import read_records
+from etagent.loop.agent_loop import AgentLoop, BudgetConfig
 from etagent.records import Trajectory
-from etagent.rollout.loop import AgentLoop, BudgetConfig
 from etagent.rollout.stage import RolloutConfig, completed_questions, run_rollout
-from tests.rollout.test_loop import EchoTool, ScriptedGenerator
+from tests.loop.test_agent_loop import EchoTool, ScriptedGenerator
 
 
 class Interrupt(Exception):

@@ -7,7 +7,7 @@ from etagent.scoring.summary import summarize, trajectory_scores
 
 def test_normalisations():
     assert normalize_answer("The  Big Apple, NY!") == "big apple ny"
-    # the reference evaluator (METHOD 7.3) keeps punctuation
+    # the reference evaluator (docs/method.md 7.3) keeps punctuation
     assert normalize_answer("The  Big Apple, NY!", "reference") == "big apple, ny!"
 
 
@@ -67,7 +67,7 @@ from etagent.scoring.correctness import (  # noqa: E402
 
 
 def test_compact_normalisation_reproduces_the_reference_reward_quirk():
-    # METHOD 6.4: "New York City" vs "new york" -> 0; "the Big Apple, NY" vs "Big Apple NY" -> 1
+    # docs/method.md 6.4: "New York City" vs "new york" -> 0; "the Big Apple, NY" vs "Big Apple NY" -> 1
     assert exact_match("New York City", ["new york"], "compact") == 0.0
     assert exact_match("the Big Apple, NY", ["Big Apple NY"], "compact") == 1.0
     # spaces vanish, so the token F1 collapses to exact match

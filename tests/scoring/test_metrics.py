@@ -18,7 +18,7 @@ def test_score_trajectory_qa():
     traj = make_traj("Paris, France", 2, gold=["Paris France", "Lutetia"], min_tool_calls=1)
     row = score_trajectory(traj, "hotpotqa")
     assert row.dataset == "hotpotqa" and row.task == "qa" and row.correctness_metric == "f1"
-    # METHOD 7.3 normalisation keeps punctuation: "paris," != "paris"
+    # docs/method.md 7.3 normalisation keeps punctuation: "paris," != "paris"
     assert row.f1 == 0.5 and row.correctness == 0.5 and row.exact_match == 0.0
     assert row.effi == 0.25  # correctness / 2 calls
     assert (row.tool_calls, row.search_calls, row.python_calls) == (2, 2, 0)
@@ -108,7 +108,7 @@ def test_dataset_metrics_without_minimum_or_results():
 
 
 def test_overall_metrics_average_over_datasets_like_the_paper():
-    # ET-Agent's row of the main table (METHOD 8): Avg P 60.1, Avg Effi 46.0
+    # ET-Agent's row of the main table (docs/method.md 8): Avg P 60.1, Avg Effi 46.0
     table = {
         "aime24": (46.7, 43.3),
         "amc23": (77.5, 71.3),

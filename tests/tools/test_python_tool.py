@@ -1,4 +1,4 @@
-"""The sandboxed python tool: METHOD §2.3 behaviour, the warm pool, and hostile programs.
+"""The sandboxed python tool: docs/method.md 2.3 behaviour, the warm pool, and hostile programs.
 
 Every hostile program must be contained, reported with a clear status, and leave the tool working:
 each hostile test ends with an ordinary call. Timing margins are generous because these tests share
@@ -61,7 +61,7 @@ def ok(t: PythonTool) -> None:
     assert (r.status, r.text) == ("ok", "42"), r
 
 
-# ---------------------------------------------------------------------------- METHOD §2.3 behaviour
+# ---------------------------------------------------------------------------- docs/method.md 2.3 behaviour
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-import types
 from pathlib import Path
 
 import httpx
@@ -328,7 +327,7 @@ def test_tool_threads(module_index: BM25Index, tmp_path: Path) -> None:
 
 def test_config_and_from_config(corpus: Path, tmp_path: Path) -> None:
     cfg = SearchConfig()
-    assert (cfg.backend, cfg.corpus, cfg.top_k, cfg.max_doc_chars) == ("bm25", "toolworld", 4, 1200)
+    assert (cfg.backend, cfg.corpus, cfg.top_k, cfg.max_doc_chars) == ("bm25", None, 4, 1200)
     with pytest.raises(ValueError):
         SearchConfig(top_k=0)
     with pytest.raises(ValueError):
@@ -344,18 +343,13 @@ def test_config_and_from_config(corpus: Path, tmp_path: Path) -> None:
         SearchTool.from_config(SearchConfig(corpus=str(tmp_path / "missing.jsonl")))
 
 
-def test_toolworld_corpus_resolves_lazily(corpus: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_search_tool_without_a_corpus_is_a_clear_error(corpus: Path) -> None:
+    """The search layer knows no task: a missing corpus (no task filled it in) fails at start-up."""
     from etagent.tools.search import resolve_corpus
 
     assert resolve_corpus(str(corpus)) == corpus
-    monkeypatch.setitem(sys.modules, "etagent.data.toolworld", None)  # not importable
-    with pytest.raises(RetrieverError, match="toolworld"):
-        resolve_corpus("toolworld")
-    monkeypatch.setitem(
-        sys.modules, "etagent.data.toolworld", types.SimpleNamespace(default_corpus_path=lambda: corpus)
-    )
-    tool = SearchTool.from_config(SearchConfig(cache=False))  # corpus="toolworld" is the default
-    assert tool.call("coral reef").text.startswith("(1) Great Barrier Reef: ")
+    with pytest.raises(RetrieverError, match=r"search\.corpus is not set and the task has no corpus"):
+        SearchTool.from_config(SearchConfig(cache=False))
 
 
 # --------------------------------------------------------------------------------------------

@@ -126,7 +126,7 @@ def test_malformed_lines_name_file_line_and_field(tmp_path):
 
 def test_expert_rollouts_convert_to_the_exact_rollout_tokens(tokenizer):
     """trajectories -> sft.jsonl rows -> tokens gives back the rollout's own ids and masks."""
-    from etagent.rollout.loop import AgentLoop
+    from etagent.loop.agent_loop import AgentLoop
     from etagent.tasks.toolworld import ExpertPolicy, ToolWorldTask, load_split, pick_examples
     from etagent.tools.config import ToolsConfig, build_tools
 

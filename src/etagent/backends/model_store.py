@@ -73,7 +73,7 @@ def embedded_model_dir() -> Path:
         g = gguf_path()
         tok = AutoTokenizer.from_pretrained(str(g.parent), gguf_file=g.name)
         # dequantize=True is required: without it a GGUF quantizer stays attached and the
-        # model cannot be saved (CPU_NOTES section 2).
+        # model cannot be saved (docs/cpu.md 2).
         model = AutoModelForCausalLM.from_pretrained(
             str(g.parent), gguf_file=g.name, quantization_config=GgufConfig(dequantize=True)
         )

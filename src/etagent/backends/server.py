@@ -1,6 +1,6 @@
 """``etagent serve-model``: an OpenAI-compatible completions server over the hf backend.
 
-Why our own server rather than an existing one (CPU_NOTES section 7):
+Why our own server rather than an existing one (docs/cpu.md 7):
 - llama-cpp-python's server is the fastest on CPU, but PyPI has only its sdist: every fresh
   machine (CI included) compiles it for ~6 minutes. It also serves the Q4_1 GGUF, whose numbers
   differ from the fp32 model we train, so sampler and trainer log-probs would disagree.

@@ -3,7 +3,7 @@
 ``load_question_file(path)`` accepts (tasks, such as the tool world, are named by a stage's
 ``data`` setting and resolved by :func:`etagent.tasks.resolve_data`, which calls this for files):
 
-(a) a JSON-lines file in the benchmark schema (``../shared/data/benchmarks/README.md``)::
+(a) a JSON-lines file in the benchmark schema (``docs/run-directory.md`` 9.1)::
 
         {"id": "hotpotqa-0", "question": "...", "answer": "..." | ["alias", ...], "task": "qa", "source": "hotpotqa"}
 

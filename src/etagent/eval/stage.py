@@ -1,6 +1,6 @@
 """``etagent eval`` / ``etagent score``: rollouts on several data sets, metrics, and the reports.
 
-Run directory (notes/schema.md)::
+Run directory (docs/run-directory.md 3)::
 
     config.yaml                            resolved EvalConfig
     datasets/<name>/trajectories.jsonl     rollouts (the resumable rollout stage, one per data set)
@@ -24,10 +24,10 @@ from etagent.agent import AgentConfig, build_agent, build_generator_for
 from etagent.backends.base import Generator
 from etagent.config import ConfigModel
 from etagent.io import DataError
+from etagent.loop.agent_loop import SamplingConfig
 from etagent.registry import is_dotted_path
 from etagent.report.build import ReportConfig, write_report
 from etagent.report.loader import DATASETS_DIR
-from etagent.rollout.loop import SamplingConfig
 from etagent.rollout.stage import (
     DATA_HELP,
     TASK_HELP,
@@ -39,7 +39,7 @@ from etagent.rollout.stage import (
 from etagent.scoring.correctness import QAMetric
 from etagent.scoring.judge import JudgeConfig, LLMJudge
 from etagent.scoring.metrics import score_run
-from etagent.tasks import TASKS
+from etagent.tasks import TASKS, resolve_data
 
 log = logging.getLogger("etagent.eval")
 
@@ -102,7 +102,7 @@ class EvalConfig(ConfigModel):
     conciseness_votes: int = Field(
         10, ge=0, description="judge votes per trajectory (0 = no conciseness judging)"
     )
-    qa_metric: QAMetric = Field("f1", description="QA correctness: f1 (METHOD 7.3) or exact_match")
+    qa_metric: QAMetric = Field("f1", description="QA correctness: f1 (docs/method.md 7.3) or exact_match")
     report: ReportConfig = Field(default_factory=ReportConfig)
 
     @model_validator(mode="after")
@@ -183,9 +183,14 @@ def rescore(run_dir: str | Path, cfg: EvalConfig | None = None) -> dict[str, Any
     cfg = cfg or EvalConfig()
     check_eval_run_dir(run_dir)
     judge = LLMJudge.from_config(cfg.judge) if cfg.judge is not None else None
+    checks = {d.dataset_name: resolve_data(d.data, d.task).task.check_answer for d in cfg.datasets}
     try:
         metrics = score_run(
-            run_dir, judge=judge, qa_metric=cfg.qa_metric, conciseness_votes=cfg.conciseness_votes
+            run_dir,
+            judge=judge,
+            qa_metric=cfg.qa_metric,
+            conciseness_votes=cfg.conciseness_votes,
+            checks=checks,
         )
     finally:
         if judge is not None:

@@ -1,4 +1,4 @@
-"""The self-evolving data flywheel (METHOD 3) and its export to the fine-tuning set (METHOD 3.4)."""
+"""The self-evolving data flywheel (docs/method.md 3) and its export to the fine-tuning set (docs/method.md 3.4)."""
 
 from etagent.flywheel.buffer import BufferRecord, FlywheelEntry, FlywheelEvent, select_parent
 from etagent.flywheel.export import export_sft, write_sft

@@ -1,4 +1,4 @@
-"""The per-question buffer: records with provenance, judging, the selection rule (METHOD 3.2-3.3).
+"""The per-question buffer: records with provenance, judging, the selection rule (docs/method.md 3.2-3.3).
 
 One :class:`BufferRecord` per question is one line of ``buffers.jsonl``. Each buffer entry keeps
 its trajectory and its provenance (operator, parent, round, verdict), so a person can see which
@@ -78,7 +78,7 @@ def judge_trajectories(
     qa_f1_threshold: float = 0.8,
     check: AnswerCheck | None = None,
 ) -> list[Verdict]:
-    """METHOD 3.2 with our scorers: maths answers by the critic's judge (one batched call), every
+    """docs/method.md 3.2 with our scorers: maths answers by the critic's judge (one batched call), every
     other task by token F1 (SQuAD normalisation; a blank answer scores 0) at or above
     ``qa_f1_threshold``. ``check`` (the task's ``check_answer``) replaces F1 where it gives a
     number, judged against the same threshold; the judge keeps precedence for maths."""

@@ -1,4 +1,4 @@
-"""From flywheel buffers to the fine-tuning set (METHOD 3.4 [rec]; the step the reference lacks).
+"""From flywheel buffers to the fine-tuning set (docs/method.md 3.4 [rec]; the step the reference lacks).
 
 Kept: every buffer trajectory judged correct that passes the strict format check
 (:func:`etagent.protocol.tags.check_format`), de-duplicated per question on whitespace-normalised

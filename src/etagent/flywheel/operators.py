@@ -1,4 +1,4 @@
-"""The flywheel's operators (METHOD 3.3), one function each, all batched over parents.
+"""The flywheel's operators (docs/method.md 3.3), one function each, all batched over parents.
 
 Correct set (enhancement): :func:`rerollout`, :func:`modify_redundancy`, :func:`refine_globally`.
 Incorrect set (reflection): :func:`self_correct`, :func:`step_hint`, :func:`trajectory_hint`
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 from etagent.flywheel import steps as st
 from etagent.flywheel.roles import Critic, Helper, StepRewriteRequest, StepsRequest, ThinkRequest
+from etagent.loop.agent_loop import AgentLoop, BudgetConfig, SamplingConfig
 from etagent.records import Question, Trajectory
-from etagent.rollout.loop import AgentLoop, BudgetConfig, SamplingConfig
 
 INITIAL = "initial"  # the first rollout of a question (the cold start's expert rollouts: "expert")
 EXPERT = "expert"
@@ -205,7 +205,7 @@ def continue_drafts(
     sampling: SamplingConfig | None = None,
 ) -> list[Trajectory]:
     """The policy finishes every draft (input order): fresh rollouts under ``fresh_budget``, edited
-    ones under the enlarged ``edit_budget`` (METHOD 1.4: 10 calls per tool)."""
+    ones under the enlarged ``edit_budget`` (docs/method.md 1.4: 10 calls per tool)."""
     out: list[Trajectory | None] = [None] * len(drafts)
     fresh = [i for i, d in enumerate(drafts) if d.text is None]
     edited = [i for i, d in enumerate(drafts) if d.text is not None]

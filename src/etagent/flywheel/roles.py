@@ -1,4 +1,4 @@
-"""The critic and helper roles of the flywheel (METHOD 3.1), each with an LLM and an expert form.
+"""The critic and helper roles of the flywheel (docs/method.md 3.1), each with an LLM and an expert form.
 
 - **Critic** (M3 in the paper, a 72B model): locates the first redundant step of a correct
   trajectory and writes its corrected step, locates the earliest flawed step of an incorrect one,
@@ -19,8 +19,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -30,76 +29,16 @@ from etagent.config import ConfigModel
 from etagent.flywheel import steps as st
 from etagent.protocol import tags
 from etagent.records import Question
+from etagent.tasks.roles import (
+    Critic,
+    Helper,
+    RedundancyEdit,
+    StepRewriteRequest,
+    StepsRequest,
+    ThinkRequest,
+)
 
 log = logging.getLogger("etagent.flywheel")
-
-
-# --------------------------------------------------------------------------------------------
-# Requests and results
-
-
-@dataclass(frozen=True)
-class StepsRequest:
-    """A trajectory, split into steps, about which a role is asked."""
-
-    question: Question
-    steps: list[str]
-
-
-@dataclass(frozen=True)
-class StepRewriteRequest:
-    """Rewrite step ``k`` (1-based) of ``steps``."""
-
-    question: Question
-    steps: list[str]
-    k: int
-
-
-@dataclass(frozen=True)
-class ThinkRequest:
-    """Rewrite the thinking before ``action``; ``prefix`` is the (already rewritten) trajectory so
-    far and ``think`` the original thinking."""
-
-    question: Question
-    prefix: str
-    think: str
-    action: str
-
-
-@dataclass(frozen=True)
-class RedundancyEdit:
-    """Step ``k`` is redundant; ``corrected_step`` replaces it (steps after it are dropped)."""
-
-    k: int
-    corrected_step: str
-
-
-class Critic(Protocol):
-    name: str
-
-    def locate_redundant_steps(self, requests: Sequence[StepsRequest]) -> list[RedundancyEdit | None]:
-        """Per trajectory: the first redundant step and its simplified replacement, or None."""
-        ...
-
-    def locate_flawed_steps(self, requests: Sequence[StepsRequest]) -> list[int | None]:
-        """Per trajectory: the earliest flawed step (1-based), or None."""
-        ...
-
-    def rewrite_thinks(self, requests: Sequence[ThinkRequest]) -> list[str | None]:
-        """Per request: the new thinking text (without think tags), or None."""
-        ...
-
-    def judge_correct(self, items: Sequence[tuple[Question, str]]) -> list[bool]:
-        """Per (question, prediction): is the prediction correct (maths questions)."""
-        ...
-
-
-class Helper(Protocol):
-    name: str
-
-    def rewrite_steps(self, requests: Sequence[StepRewriteRequest]) -> list[str | None]:
-        """Per request: a corrected version of step k (a well-formed step), or None."""
-        ...
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,7 +53,7 @@ class RoleConfig(ConfigModel):
         None, description="llm: the model; None = share the policy's generator (no second copy loaded)"
     )
     temperature: float = Field(
-        1.0, ge=0, description="METHOD 3.1: every flywheel generation samples at T=1.0"
+        1.0, ge=0, description="docs/method.md 3.1: every flywheel generation samples at T=1.0"
     )
     top_p: float = Field(0.95, gt=0, le=1)
     max_new_tokens: int = Field(1024, ge=1)
@@ -123,7 +62,7 @@ class RoleConfig(ConfigModel):
 
 class CriticConfig(RoleConfig):
     judge_max_attempts: int = Field(
-        4, ge=1, description="llm: times a maths verdict is asked (METHOD 3.2: 4)"
+        4, ge=1, description="llm: times a maths verdict is asked (docs/method.md 3.2: 4)"
     )
     judge_cache: bool = Field(True, description="llm: keep maths verdicts in the SQLite verdict cache")
 
@@ -275,7 +214,7 @@ class _LLMRole:
     def _generate(self, prompts: list[list[int]], stop: Sequence[str] = ()) -> list[str | None]:
         if not prompts:
             return []
-        params = SamplingParams(  # built per call: no shared, mutated stop list (METHOD 9.3)
+        params = SamplingParams(  # built per call: no shared, mutated stop list (docs/method.md 9.3)
             max_new_tokens=self.cfg.max_new_tokens,
             temperature=self.cfg.temperature,
             top_p=self.cfg.top_p,

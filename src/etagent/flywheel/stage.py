@@ -1,4 +1,4 @@
-"""``etagent flywheel``: the self-evolving data flywheel (METHOD 3), then the export to the SFT set.
+"""``etagent flywheel``: the self-evolving data flywheel (docs/method.md 3), then the export to the SFT set.
 
 Per question a buffer starts with one policy rollout and grows over ``rounds`` rounds: select the
 best entry not yet expanded, apply the correct-set operators (fresh re-rollout, redundancy
@@ -49,9 +49,10 @@ from etagent.flywheel.export import write_sft
 from etagent.flywheel.roles import Critic, CriticConfig, Helper, RoleConfig, build_roles
 from etagent.flywheel.steps import HINT_POOLS
 from etagent.io import atomic_write_json, read_records, repair_torn_tail, resumable_output
+from etagent.loop.agent_loop import AgentLoop, BudgetConfig, SamplingConfig
 from etagent.records import Question, Trajectory
-from etagent.rollout.loop import AgentLoop, BudgetConfig, SamplingConfig
 from etagent.rollout.stage import DATA_HELP, TASK_HELP
+from etagent.scoring.correctness import AnswerCheck
 from etagent.tasks import DataRef, Task, resolve_data
 
 log = logging.getLogger("etagent.flywheel")
@@ -77,9 +78,9 @@ class ColdStartConfig(ConfigModel):
 
 def _policy_agent() -> AgentConfig:
     return AgentConfig(
-        # initial rollouts and fresh re-rollouts (METHOD 1.4: 6 python + 6 search)
+        # initial rollouts and fresh re-rollouts (docs/method.md 1.4: 6 python + 6 search)
         budget=BudgetConfig(max_calls_per_tool=6, max_tool_calls=12),
-        # METHOD 3.1: T=1.0, top_p 0.95; the seed is derived per call
+        # docs/method.md 3.1: T=1.0, top_p 0.95; the seed is derived per call
         sampling=SamplingConfig(temperature=1.0, top_p=0.95),
         max_active=64,
     )
@@ -89,12 +90,12 @@ class FlywheelConfig(ConfigModel):
     data: str = Field("toolworld:train", description=DATA_HELP)
     task: str | None = Field(None, description=TASK_HELP)
     limit: int | None = Field(None, ge=1, description="first N questions only")
-    rounds: int = Field(3, ge=0, description="evolution rounds per question (METHOD 3.3: 3)")
-    buffer_size: int = Field(10, ge=1, description="trajectories kept per question (METHOD 3.3: 10)")
+    rounds: int = Field(3, ge=0, description="evolution rounds per question (docs/method.md 3.3: 3)")
+    buffer_size: int = Field(10, ge=1, description="trajectories kept per question (docs/method.md 3.3: 10)")
     agent: AgentConfig = Field(
         default_factory=_policy_agent,
         description="M1, the policy: rollouts and continuations (budget: initial rollouts and fresh "
-        "re-rollouts; sampling: METHOD 3.1, its seed derived per call)",
+        "re-rollouts; sampling: docs/method.md 3.1, its seed derived per call)",
     )
     helper: RoleConfig = Field(default_factory=RoleConfig, description="M2: rewrites flawed steps")
     critic: CriticConfig = Field(
@@ -103,7 +104,7 @@ class FlywheelConfig(ConfigModel):
     )
     continuation_budget: BudgetConfig = Field(
         default_factory=lambda: BudgetConfig(max_calls_per_tool=10, max_tool_calls=20),
-        description="continuations after an edit (METHOD 1.4: 6+4 per tool); calls in the prefix count",
+        description="continuations after an edit (docs/method.md 1.4: 6+4 per tool); calls in the prefix count",
     )
     qa_f1_threshold: float = Field(0.8, ge=0, le=1, description="a QA answer is correct at F1 >= this")
     hint_pools: dict[str, str] = Field(
@@ -160,8 +161,17 @@ def _call_seed(seed: int, *parts: Any) -> int:
 class Flywheel:
     """The roles and settings of one flywheel run; :meth:`evolve` does a batch of questions."""
 
-    def __init__(self, cfg: FlywheelConfig, loop: AgentLoop, critic: Critic, helper: Helper):
+    def __init__(
+        self,
+        cfg: FlywheelConfig,
+        loop: AgentLoop,
+        critic: Critic,
+        helper: Helper,
+        check: AnswerCheck | None = None,
+    ):
+        """``check``: the task's answer check (:meth:`etagent.tasks.Task.check_answer`)."""
         self.cfg = cfg
+        self.check = check
         self.loop = loop
         self.critic = critic
         self.helper = helper
@@ -171,7 +181,7 @@ class Flywheel:
         return self.cfg.agent.sampling.model_copy(update={"seed": _call_seed(self.cfg.seed, *parts)})
 
     def _judge(self, trajectories: Sequence[Trajectory]) -> list[Verdict]:
-        return judge_trajectories(trajectories, self.critic, self.cfg.qa_f1_threshold)
+        return judge_trajectories(trajectories, self.critic, self.cfg.qa_f1_threshold, check=self.check)
 
     def evolve(self, questions: Sequence[Question]) -> list[BufferRecord]:
         """Initial rollouts, then the rounds, for a batch of questions evolved together."""
@@ -274,7 +284,7 @@ def build_flywheel(cfg: FlywheelConfig, task: Task) -> tuple[Flywheel, list[Any]
     except BaseException:
         loop.close()
         raise
-    return Flywheel(cfg, loop, critic, helper), [*owned, loop]
+    return Flywheel(cfg, loop, critic, helper, task.check_answer), [*owned, loop]
 
 
 def run_flywheel(cfg: FlywheelConfig, run_dir: Path, flywheel: Flywheel | None = None) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Deterministic text operations of the flywheel (METHOD 3.3): no model is called here.
+"""Deterministic text operations of the flywheel (docs/method.md 3.3): no model is called here.
 
 Splitting a trajectory into steps, rendering them numbered for a critic, repairing the tags of a
 step a model wrote, cutting after step k, inserting hints and splitting into action units for the
@@ -101,7 +101,7 @@ def trajectory_hint_text(text: str, hint: str) -> str:
     return insert_hint(text, hint)
 
 
-#: Hint sentences (METHOD 3.3; full sentences, never a single character). ``search`` for QA,
+#: Hint sentences (docs/method.md 3.3; full sentences, never a single character). ``search`` for QA,
 #: ``python`` for maths, ``general`` (either tool) where a task needs both kinds.
 HINT_POOLS: dict[str, tuple[str, ...]] = {
     "search": (

@@ -1,4 +1,4 @@
-"""Group-wise Pareto selection of RL questions and curriculum stages (METHOD section 5)."""
+"""Group-wise Pareto selection of RL questions and curriculum stages (docs/method.md 5)."""
 
 from etagent.pareto.selection import (
     ObjectivesConfig,

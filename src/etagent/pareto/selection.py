@@ -1,8 +1,8 @@
-"""Group-wise Pareto selection of RL questions and their curriculum stages (METHOD 5.3, 5.5).
+"""Group-wise Pareto selection of RL questions and their curriculum stages (docs/method.md 5.3, 5.5).
 
 Every question of the RL pool comes with a *group* of G scored rollouts of the current policy,
 each sample ``{correctness: float in [0, 1], tool_calls: int}``. Two per-group objectives, both
-maximised (METHOD 5.3):
+maximised (docs/method.md 5.3):
 
 - ``tool``: the population variance of the samples' tool-call counts (diversity of behaviour);
 - ``correctness``: the population variance of the samples' correctness (``p(1 - p)`` for 0/1
@@ -34,7 +34,7 @@ the file. (The reference breaks ties by the order its earlier stable sorts left,
 on the file order.) Objectives are rounded to 12 decimals so that the same outcomes in another
 sample order tie exactly instead of differing in the last bit.
 
-Curriculum (METHOD 5.5): the reference re-runs sampling and selection with the newest policy
+Curriculum (docs/method.md 5.5): the reference re-runs sampling and selection with the newest policy
 before each of its 3 stages; whether stages share the pool is not specified. Run that way, each
 call uses ``stages=1``. With ``stages=k > 1`` the selected questions are split into k disjoint
 datasets of near-equal size, ordered ``easy_first`` (mean group correctness descending) or
@@ -74,7 +74,7 @@ class ObjectivesConfig(ConfigModel):
 
 
 class ParetoConfig(ConfigModel):
-    """Group-wise Pareto selection of RL questions (METHOD 5.3) and curriculum split (5.5)."""
+    """Group-wise Pareto selection of RL questions (docs/method.md 5.3) and curriculum split (5.5)."""
 
     budget: int = Field(8000, ge=1, description="most questions selected (reference --counts 8000)")
     mixed_outcome_filter: FilterPosition = Field(
@@ -210,7 +210,7 @@ def default_tie_rank(n: int, seed: int = 0) -> np.ndarray:
 
 
 def crowding_distance(points: np.ndarray, tie_rank: np.ndarray | None = None) -> np.ndarray:
-    """[N] NSGA-II crowding distance of the points of one front (METHOD 5.3 step 3).
+    """[N] NSGA-II crowding distance of the points of one front (docs/method.md 5.3 step 3).
 
     Per objective: sort by (value, tie rank); if the range is 0 the objective adds nothing;
     otherwise both ends get +inf and every interior point adds (next - previous) / range.

@@ -1,6 +1,6 @@
 """``etagent pareto``: sample a group per question, score it, Pareto-select, write curriculum stages.
 
-METHOD 5: G samples per question with the current policy (5.1), each annotated with its
+docs/method.md 5: G samples per question with the current policy (5.1), each annotated with its
 correctness and number of complete tool calls (5.2, the step the reference lacks), then the
 group-wise Pareto selection of :mod:`etagent.pareto.selection` (5.3) and the curriculum stage
 files (5.5). Every step resumes from disk: the rollout skips finished questions, the scores are
@@ -19,12 +19,12 @@ from pydantic import Field
 from etagent.agent import AgentConfig
 from etagent.config import ConfigModel
 from etagent.io import atomic_write_json, atomic_write_jsonl, read_records
+from etagent.loop.agent_loop import SamplingConfig
 from etagent.pareto.selection import ParetoConfig, select_groups, stages_complete, write_stages
 from etagent.protocol import tags
 from etagent.records import Trajectory
-from etagent.rollout.loop import SamplingConfig
 from etagent.rollout.stage import RolloutConfig, run_rollout
-from etagent.scoring.correctness import QAMetric
+from etagent.scoring.correctness import AnswerCheck, QAMetric
 from etagent.scoring.reward import trajectory_correctness
 from etagent.tasks import resolve_data
 
@@ -37,7 +37,7 @@ SUMMARY = "pareto_summary.json"
 
 
 def _default_rollout() -> RolloutConfig:
-    # G = 8 samples per question at T = 1 (METHOD 5.1)
+    # G = 8 samples per question at T = 1 (docs/method.md 5.1)
     return RolloutConfig(
         data="toolworld:train", n=8, output=GROUPS, agent=AgentConfig(sampling=SamplingConfig(temperature=1.0))
     )
@@ -55,16 +55,21 @@ class ParetoStageConfig(ConfigModel):
     )
 
 
-def pareto_objectives(trajectories: list[Trajectory], qa_metric: QAMetric = "f1") -> list[dict[str, Any]]:
+def pareto_objectives(
+    trajectories: list[Trajectory],
+    qa_metric: QAMetric = "f1",
+    check: AnswerCheck | None = None,
+    tool_tags: tuple[str, ...] = tags.DEFAULT_TOOL_TAGS,
+) -> list[dict[str, Any]]:
     """One row per sample, the objectives of the Pareto selection: question id, sample index,
-    correctness and complete tool calls (and the format check)."""
+    correctness (``check``: the task's answer check) and complete tool calls (and the format check)."""
     return [
         {
             "question_id": t.question_id,
             "sample_index": t.sample_index,
-            "correctness": trajectory_correctness(t, qa_metric),
-            "tool_calls": tags.count_tool_calls(t.response_text, tags.DEFAULT_TOOL_TAGS),
-            "format_ok": tags.check_format(t.response_text).ok,
+            "correctness": trajectory_correctness(t, qa_metric, check=check),
+            "tool_calls": tags.count_tool_calls(t.response_text, tool_tags),
+            "format_ok": tags.check_format(t.response_text, tool_tags).ok,
         }
         for t in trajectories
     ]
@@ -84,7 +89,7 @@ def run_pareto(cfg: ParetoStageConfig, run_dir: Path) -> dict[str, Any]:
     questions = {q.id: q for q in data.questions(cfg.rollout.limit)}
     excluded = {q.id for path in cfg.exclude for q in resolve_data(path).questions()}
     trajectories = [t for t in read_records(run_dir / GROUPS, Trajectory) if t.question_id in questions]
-    rows = pareto_objectives(trajectories, cfg.qa_metric)
+    rows = pareto_objectives(trajectories, cfg.qa_metric, data.task.check_answer, cfg.rollout.agent.tools.tags)
     atomic_write_jsonl(run_dir / SCORES, rows)
 
     groups: dict[str, list[dict[str, Any]]] = {}

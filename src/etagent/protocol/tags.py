@@ -1,4 +1,4 @@
-"""The canonical trajectory rendering (METHOD "Decisions for etagent" 1).
+"""The canonical trajectory rendering (docs/method.md, Decision 1).
 
 One assistant turn holds the whole trajectory::
 
@@ -143,7 +143,7 @@ def parse_blocks(text: str, known_tags: tuple[str, ...] | None = None) -> list[B
 
 
 def split_steps(text: str) -> list[str]:
-    """Steps as the flywheel sees them (METHOD 3.3): text up to and including each ``</result>``,
+    """Steps as the flywheel sees them (docs/method.md 3.3): text up to and including each ``</result>``,
     then the remainder as the last step. Joining the steps gives back the text."""
     steps: list[str] = []
     end_tag = close_tag(RESULT)
@@ -160,7 +160,7 @@ def split_steps(text: str) -> list[str]:
 
 
 def count_tool_calls(text: str, tool_tags: tuple[str, ...] = DEFAULT_TOOL_TAGS) -> int:
-    """Complete, non-overlapping ``<tool>...</tool>`` pairs (METHOD 6.4 ``count_valid_tags``):
+    """Complete, non-overlapping ``<tool>...</tool>`` pairs (docs/method.md 6.4 ``count_valid_tags``):
     for each tool, scan left to right matching each open tag to the next close tag."""
     total = 0
     for tag in tool_tags:
@@ -233,7 +233,7 @@ def has_final_answer(text: str) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
-# Answer extraction (METHOD 1.5)
+# Answer extraction (docs/method.md 1.5)
 
 
 def _balanced_group(text: str, brace_open: int) -> str | None:
@@ -294,7 +294,7 @@ def answer_block(text: str) -> str | None:
 
 
 def extract_answer(text: str) -> str:
-    """The prediction of a trajectory (METHOD 1.5); "" when there is none."""
+    """The prediction of a trajectory (docs/method.md 1.5); "" when there is none."""
     block = answer_block(text)
     if block is not None:
         boxed = last_boxed(block)
@@ -304,7 +304,7 @@ def extract_answer(text: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Strict format check (METHOD 6.4 validate_format + 3.4 validate_template_format)
+# Strict format check (docs/method.md 6.4 validate_format + 3.4 validate_template_format)
 
 
 @dataclass

@@ -138,6 +138,6 @@ def has_metric(spec: MetricSpec, tables: list[dict[str, Any] | None]) -> bool:
 
 def unit_note() -> str:
     return (
-        "Percentages are fractions x100; Effi = mean correctness / tool calls (METHOD 7.4); "
-        "Reasoning Length = mean correctness per 1k model tokens (METHOD 7.5)."
+        "Percentages are fractions x100; Effi = mean correctness / tool calls (docs/method.md 7.4); "
+        "Reasoning Length = mean correctness per 1k model tokens (docs/method.md 7.5)."
     )

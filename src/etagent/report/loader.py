@@ -1,4 +1,4 @@
-"""Read an evaluation run directory (notes/schema.md layout) into one object for the reports.
+"""Read an evaluation run directory (docs/run-directory.md 3) into one object for the reports.
 
     <run>/metrics.json, <run>/scores.jsonl, <run>/datasets/<name>/trajectories.jsonl
 

@@ -1,6 +1,6 @@
 """Behaviour-calibration RL (``etagent rl``): GRPO + ARPO branching rollouts + the ET-Agent reward.
 
-The rollout, sample and reward pieces (:mod:`etagent.rl.samples`, :mod:`etagent.rollout.arpo`)
+The rollout, sample and reward pieces (:mod:`etagent.rl.samples`, :mod:`etagent.loop.arpo`)
 know nothing of the training engine; :mod:`etagent.rl.trl_engine` runs them under TRL's
 GRPOTrainer on one machine.
 """

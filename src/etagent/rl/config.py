@@ -1,4 +1,4 @@
-"""``etagent rl``: the behaviour-calibration RL stage's typed config (METHOD 6.1)."""
+"""``etagent rl``: the behaviour-calibration RL stage's typed config (docs/method.md 6.1)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pydantic import Field, model_validator
 
 from etagent.agent import AgentConfig
 from etagent.config import ConfigModel
-from etagent.rollout.arpo import ArpoConfig
-from etagent.rollout.loop import BudgetConfig, SamplingConfig
+from etagent.loop.agent_loop import BudgetConfig, SamplingConfig
+from etagent.loop.arpo import ArpoConfig
 from etagent.rollout.stage import DATA_HELP, TASK_HELP
 from etagent.scoring.reward import RewardConfig
 from etagent.tasks import DataRef, resolve_data

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from etagent.loop.agent_loop import AgentLoop
+from etagent.loop.arpo import ArpoConfig, ArpoRollout
 from etagent.protocol import tags
 from etagent.records import Question, Trajectory
-from etagent.rollout.arpo import ArpoConfig, ArpoRollout
-from etagent.rollout.loop import AgentLoop
 from etagent.scoring.correctness import AnswerCheck
 from etagent.scoring.reward import RewardConfig, RewardParts, group_rewards
 

@@ -3,7 +3,7 @@
 TRL computes the group-normalised advantages ((r - group mean) / (group std + 1e-4), unbiased
 std), the clipped PPO objective, the token-mean loss (``loss_type="dapo"``: summed over the loss
 tokens of an update and divided by their count), the optional KL term, checkpoints and resume.
-We plug in three things (CPU_NOTES 6.2):
+We plug in three things (docs/cpu.md 6.2):
 
 - ``rollout_func``: receives the batch's prompts (each question id repeated ``num_generations``
   times, consecutively), runs our agent loop with ARPO branching (or independent samples) on the
@@ -42,6 +42,7 @@ from etagent.io import JsonlAppender, atomic_write_json, atomic_write_jsonl, bui
 from etagent.records import Question, Trajectory
 from etagent.rl.config import RLConfig
 from etagent.rl.samples import PolicyRollout, batch_rewards, reward_metrics, split_groups, to_policy_sample
+from etagent.scoring.correctness import AnswerCheck
 from etagent.tools.base import Tool
 
 log = logging.getLogger("etagent.rl")
@@ -130,7 +131,11 @@ def rollout_step(global_step: int, cfg: RLConfig) -> int:
     return global_step // cfg.mini_batches + 1
 
 
-def make_reward_func(cfg: RLConfig, tool_tags: tuple[str, ...]) -> Callable[..., list[float]]:
+def make_reward_func(
+    cfg: RLConfig, tool_tags: tuple[str, ...], check: AnswerCheck | None = None
+) -> Callable[..., list[float]]:
+    """TRL's reward function: the ET-Agent reward of each group (``check``: the task's answer check)."""
+
     def et_reward(
         prompts: list[str],
         completions: list[Any],
@@ -142,7 +147,13 @@ def make_reward_func(cfg: RLConfig, tool_tags: tuple[str, ...]) -> Callable[...,
     ) -> list[float]:
         step = rollout_step(trainer_state.global_step, cfg)
         parts = batch_rewards(
-            trajectory, cfg.num_generations, cfg.reward, min(step, cfg.max_steps), cfg.max_steps, tool_tags
+            trajectory,
+            cfg.num_generations,
+            cfg.reward,
+            min(step, cfg.max_steps),
+            cfg.max_steps,
+            tool_tags,
+            check=check,
         )
         for name, value in reward_metrics(parts).items():
             log_metric(name, value)
@@ -282,7 +293,7 @@ def grpo_args(cfg: RLConfig, run_dir: Path, use_cpu: bool, bf16: bool) -> Any:
     return GRPOConfig(
         output_dir=str(run_dir / CHECKPOINTS),
         use_cpu=use_cpu,
-        bf16=bf16,  # False on CPU: TRL's default bf16 is 7x slower there (CPU_NOTES 6.1)
+        bf16=bf16,  # False on CPU: TRL's default bf16 is 7x slower there (docs/cpu.md 6.1)
         report_to=report_to(cfg),
         logging_steps=1,
         max_steps=cfg.max_steps * u,
@@ -391,7 +402,7 @@ def build_trainer(
     writer = JsonlLog(run_dir / TRAIN_LOG, cfg)
     trainer = GRPOTrainer(
         model=model,
-        reward_funcs=[make_reward_func(cfg, tool_tags)],
+        reward_funcs=[make_reward_func(cfg, tool_tags, data.task.check_answer)],
         args=grpo_args(cfg, run_dir, use_cpu=not cuda, bf16=cuda),
         train_dataset=Dataset.from_list([{"prompt": q.id} for q in by_id.values()]),
         processing_class=tokenizer,

@@ -16,8 +16,8 @@ from pydantic import Field
 from etagent.agent import AgentConfig, build_agent
 from etagent.config import ConfigModel
 from etagent.io import atomic_write_json, atomic_write_jsonl, read_records, repair_torn_tail, resumable_output
+from etagent.loop.agent_loop import AgentLoop
 from etagent.records import Trajectory
-from etagent.rollout.loop import AgentLoop
 from etagent.scoring.summary import summarize
 from etagent.tasks import DataRef, resolve_data
 

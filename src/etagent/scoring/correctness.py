@@ -1,11 +1,11 @@
-"""Answer correctness, pure functions: exact match and token F1 (METHOD 7.3) for QA, equivalence for math.
+"""Answer correctness, pure functions: exact match and token F1 (docs/method.md 7.3) for QA, equivalence for math.
 
 QA normalisations (``Normalisation``):
-- ``"reference"`` (METHOD 7.3, the ET-Agent evaluator): lower-case, remove articles, collapse
-  whitespace; punctuation is kept. Evaluation F1 uses it (Decisions 3).
+- ``"reference"`` (docs/method.md 7.3, the ET-Agent evaluator): lower-case, remove articles, collapse
+  whitespace; punctuation is kept. Evaluation F1 uses it (docs/method.md, Decision 3).
 - ``"squad"``: the SQuAD normalisation, which also removes punctuation. The RL reward's real token F1
   uses it (the reference reward normalises this way before its space-deleting quirk).
-- ``"compact"``: SQuAD, then every space deleted: the reference RL reward's "F1" (METHOD 6.4), which
+- ``"compact"``: SQuAD, then every space deleted: the reference RL reward's "F1" (docs/method.md 6.4), which
   makes each side one token, i.e. normalised exact match. Only to reproduce that quirk.
 
 Math (``math_equal``): a real verifier, ``math-verify`` (sympy), OR the Hendrycks MATH string
@@ -98,7 +98,7 @@ def qa_score(
 
 
 # --------------------------------------------------------------------------------------------
-# Hendrycks MATH string normalisation (the reference's is_equiv, METHOD 5.2 / 6.4 / 7.2).
+# Hendrycks MATH string normalisation (the reference's is_equiv, docs/method.md 5.2 / 6.4 / 7.2).
 # Same steps as the MATH repository's ``_strip_string``; its asserts are replaced by returning the
 # input unchanged, which is what its callers fell back to on the AssertionError.
 
@@ -286,13 +286,13 @@ def answer_correctness(
 ) -> Correctness:
     """The correctness of ``prediction`` for ``question``: the first of these rules that applies.
 
-    1. ``judge_verdict`` (an LLM judge's verdict, METHOD 7.2), for a maths question: 1 or 0 ("judge");
+    1. ``judge_verdict`` (an LLM judge's verdict, docs/method.md 7.2), for a maths question: 1 or 0 ("judge");
     2. ``check(question, prediction)`` (the task's ``check_answer``), when it returns a number ("task");
     3. a maths question: ``math_equal`` to a gold answer, 1 or 0 ("math_equiv");
     4. any other question: token F1 or exact match (``qa_metric``) under ``normalisation``.
 
-    Callers pass the normalisation they use: "reference" in evaluation (METHOD 7.3), "squad" for
-    the reward's F1 and the flywheel, "compact" for the reward's exact match (METHOD 6.4).
+    Callers pass the normalisation they use: "reference" in evaluation (docs/method.md 7.3), "squad" for
+    the reward's F1 and the flywheel, "compact" for the reward's exact match (docs/method.md 6.4).
     ``blank_is_wrong`` scores a blank prediction 0 in rule 4 even when a gold answer normalises to
     nothing (the flywheel's rule); maths never counts a blank prediction as correct.
 

@@ -1,4 +1,4 @@
-"""LLM-as-judge over any generation backend: answer correctness (METHOD 7.2) and conciseness (7.5).
+"""LLM-as-judge over any generation backend: answer correctness (docs/method.md 7.2) and conciseness (7.5).
 
 Correctness ("LJ"): a chat prompt gives the question, the golden answer(s) and the prediction and
 asks for "Correct" or "Incorrect". A prediction equal to a gold by the rule-based check
@@ -72,7 +72,7 @@ class JudgeConfig(ConfigModel):
     retry_temperature: float = Field(
         0.7, ge=0, description="later attempts, so an unparseable reply can change"
     )
-    concise_temperature: float = Field(0.6, ge=0, description="conciseness votes (METHOD 7.5: 0.6)")
+    concise_temperature: float = Field(0.6, ge=0, description="conciseness votes (docs/method.md 7.5: 0.6)")
     concise_top_p: float = Field(0.95, gt=0, le=1)
     concise_max_new_tokens: int = Field(128, ge=1)
     seed: int | None = Field(None, description="sampling seed passed to the backend")
@@ -186,7 +186,7 @@ def parse_vote(completion: str) -> bool | None:
 
 
 def majority_concise(votes: Sequence[bool | None]) -> bool | None:
-    """Concise unless "yes" strictly outnumbers "no" (METHOD 7.5); None when no vote was readable."""
+    """Concise unless "yes" strictly outnumbers "no" (docs/method.md 7.5); None when no vote was readable."""
     yes = sum(v is True for v in votes)
     no = sum(v is False for v in votes)
     if yes + no == 0:

@@ -1,6 +1,6 @@
-"""Evaluation metrics per trajectory, per dataset and averaged over datasets (METHOD 7.3-7.5).
+"""Evaluation metrics per trajectory, per dataset and averaged over datasets (docs/method.md 7.3-7.5).
 
-Follows the shared contract in notes/schema.md:
+Follows the contract in docs/run-directory.md 9.3 (score rows) and 9.4 (metrics.json):
 
 - ``score_trajectory``: one ``TrajectoryScore`` row (correctness, tool calls, results that failed,
   model tokens, format, Effi, calls against the known minimum, the judges' verdicts);
@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from statistics import mean
 from typing import TYPE_CHECKING, Any
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Substrings that mark a tool result as failed (METHOD 7.5, radar ``evaluate_tool_execute_errors``).
+#: Substrings that mark a tool result as failed (docs/method.md 7.5, radar ``evaluate_tool_execute_errors``).
 #: "error" is matched case-insensitively, like the reference (so a passage mentioning the word counts).
 FAILED_RESULT_MARKERS = ("execution timeout", "tool execute failed", "error")
 
@@ -68,18 +68,18 @@ class TrajectoryScore(BaseModel):
     exact_match: float
     f1: float
     judge: bool | None = None
-    tool_calls: int  # complete <tool>...</tool> pairs in the text (METHOD 6.4 / 7.4)
+    tool_calls: int  # complete <tool>...</tool> pairs in the text (docs/method.md 6.4 / 7.4)
     search_calls: int
     python_calls: int
     results: int  # tool results the trajectory received
     failed_results: int
     model_tokens: int
     format_ok: bool
-    effi: float  # correctness / tool_calls, or correctness when there is no call (METHOD 7.4)
+    effi: float  # correctness / tool_calls, or correctness when there is no call (docs/method.md 7.4)
     min_tool_calls: int | None = None
     redundant_calls: int | None = None
     missing_calls: int | None = None
-    concise: bool | None = None  # conciseness judge verdict (METHOD 7.5)
+    concise: bool | None = None  # conciseness judge verdict (docs/method.md 7.5)
     finish_reason: str
     prediction: str
 
@@ -108,7 +108,7 @@ def tool_results(traj: Trajectory) -> list[tuple[str, bool]]:
 
 
 def efficiency(correctness: float, tool_calls: int) -> float:
-    """Effi of one sample (METHOD 7.4): a correct answer with k >= 1 calls earns 1/k."""
+    """Effi of one sample (docs/method.md 7.4): a correct answer with k >= 1 calls earns 1/k."""
     return correctness / tool_calls if tool_calls > 0 else correctness
 
 
@@ -123,7 +123,7 @@ def score_trajectory(
 ) -> TrajectoryScore:
     """Score one trajectory. Correctness (:func:`~etagent.scoring.correctness.answer_correctness`):
     ``judge_verdict`` (LLM-as-judge, maths) when given, else the task's ``check`` when it gives a
-    number, else math equivalence for maths and F1 (or exact match) with the METHOD 7.3
+    number, else math equivalence for maths and F1 (or exact match) with the docs/method.md 7.3
     normalisation for QA."""
     text = traj.response_text
     q = traj.question
@@ -191,7 +191,7 @@ def _most_common(values: Iterable[str]) -> str | None:
 
 
 def dataset_metrics(rows: Sequence[TrajectoryScore]) -> dict[str, Any]:
-    """The metrics of one dataset (see notes/schema.md for every key)."""
+    """The metrics of one dataset (see docs/run-directory.md 9.4 for every key)."""
     if not rows:
         raise ValueError("dataset_metrics needs at least one scored trajectory")
     all_results = sum(r.results for r in rows)
@@ -210,15 +210,15 @@ def dataset_metrics(rows: Sequence[TrajectoryScore]) -> dict[str, Any]:
         "mean_search_calls": mean(r.search_calls for r in rows),
         "mean_python_calls": mean(r.python_calls for r in rows),
         "tool_usage_rate": mean(float(r.tool_calls > 0) for r in rows),
-        # Successful Execution (METHOD 7.5): (a) pooled, (b) correctness-weighted per sample
+        # Successful Execution (docs/method.md 7.5): (a) pooled, (b) correctness-weighted per sample
         "success_exec_rate": (
             (all_results - sum(r.failed_results for r in rows)) / all_results if all_results else None
         ),
         "success_exec_weighted": mean(r.correctness / max(r.failed_results, 1) for r in rows),
-        # Reasoning Length (METHOD 7.5): model-written tokens, tool results excluded
+        # Reasoning Length (docs/method.md 7.5): model-written tokens, tool results excluded
         "reasoning_length": mean(r.model_tokens for r in rows),
         "correctness_per_ktoken": mean(r.correctness / max(r.model_tokens, 1) for r in rows) * 1000,
-        # Conciseness (METHOD 7.5): the judge's verdicts; the exact one where the minimum is known
+        # Conciseness (docs/method.md 7.5): the judge's verdicts; the exact one where the minimum is known
         "conciseness": _mean(float(r.concise) for r in judged),
         "conciseness_exact": _mean(float(r.redundant_calls == 0) for r in with_min),
         "redundant_call_rate": _mean(float((r.redundant_calls or 0) > 0) for r in with_min),
@@ -273,14 +273,15 @@ def score_run(
     judge: LLMJudge | None = None,
     qa_metric: QAMetric = "f1",
     conciseness_votes: int = 10,
-    check: AnswerCheck | None = None,
+    checks: Mapping[str, AnswerCheck] | None = None,
 ) -> dict[str, Any]:
     """Score every dataset of an eval run; write ``scores.jsonl`` and ``metrics.json`` atomically.
 
-    ``check`` is the task's answer check (``Task.check_answer``); None: the standard rule.
+    ``checks`` maps a data set's name to its task's answer check (``Task.check_answer``); a data
+    set without one is scored by the standard rule.
 
-    With a judge: maths correctness is the judge's verdict (METHOD 7.2) and every trajectory that
-    calls a tool gets a conciseness verdict from ``conciseness_votes`` votes (METHOD 7.5; 0 skips
+    With a judge: maths correctness is the judge's verdict (docs/method.md 7.2) and every trajectory that
+    calls a tool gets a conciseness verdict from ``conciseness_votes`` votes (docs/method.md 7.5; 0 skips
     it). A trajectory without tool calls cannot hold a redundant call and counts as concise without
     asking. The judge's SQLite cache makes a re-run free and gives the same verdicts.
     """
@@ -305,7 +306,12 @@ def score_run(
                 concise[i] = v
     rows = [
         score_trajectory(
-            t, name, judge_verdict=verdicts[i], concise=concise[i], qa_metric=qa_metric, check=check
+            t,
+            name,
+            judge_verdict=verdicts[i],
+            concise=concise[i],
+            qa_metric=qa_metric,
+            check=(checks or {}).get(name),
         )
         for i, (name, t) in enumerate(everything)
     ]

@@ -1,4 +1,4 @@
-"""The ET-Agent efficiency reward (METHOD 6.4, Decisions 2, 3 and 5), over one question's group.
+"""The ET-Agent efficiency reward (docs/method.md 6.4, Decisions 2, 3 and 5), over one question's group.
 
 For every trajectory s of a group G (the samples of one question):
 
@@ -11,7 +11,7 @@ r is the raw correctness in [0, 1]; c counts complete tool-call pairs; z uses th
 standard deviation over G (all zeros when it is 0). The range is [-1, 4). With both sigmas 0 the
 reward is r + f_format, which is what the released scripts train with.
 
-The sigmas can decay linearly over training (METHOD 6.3): ``sigma * sigma_factor(step, total)``.
+The sigmas can decay linearly over training (docs/method.md 6.3): ``sigma * sigma_factor(step, total)``.
 
 Each factor is a pure function over one group (``tool_factor``, ``length_factor``,
 ``format_penalty``); ``et_rewards`` combines them on numbers; ``group_rewards`` measures
@@ -37,7 +37,7 @@ from etagent.scoring.correctness import AnswerCheck, Normalisation, QAMetric, an
 from etagent.scoring.reward_terms import REWARD_TERMS
 
 #: the QA normalisation of each reward metric: real token F1 (SQuAD), or the reference's
-#: space-deleting exact match (METHOD 6.4)
+#: space-deleting exact match (docs/method.md 6.4)
 REWARD_NORMALISATION: dict[str, Normalisation] = {"f1": "squad", "exact_match": "compact"}
 
 
@@ -72,12 +72,12 @@ class RewardConfig(ConfigModel):
     sigma_length: float = Field(0.5, ge=0, description="steepness of the length factor (paper: 0.5)")
     decay: bool = Field(
         True,
-        description="scale both sigmas by max(0, (T - t) / (T - 1)) at training step t of T (METHOD 6.3)",
+        description="scale both sigmas by max(0, (T - t) / (T - 1)) at training step t of T (docs/method.md 6.3)",
     )
     qa_metric: QAMetric = Field(
         "f1",
         description="QA correctness: real token F1 (SQuAD normalisation), or 'exact_match' to reproduce "
-        "the reference reward (normalised, spaces deleted: METHOD 6.4)",
+        "the reference reward (normalised, spaces deleted: docs/method.md 6.4)",
     )
     length_includes_tool_tokens: bool = Field(
         False, description="count tool-output tokens in the length z-score, as the reference does"
@@ -123,7 +123,7 @@ class RewardParts:
 
 
 def sigma_factor(step: int, total_steps: int) -> float:
-    """The linear decay of the sigmas (METHOD 6.3): 1 at the first step, 0 at the last.
+    """The linear decay of the sigmas (docs/method.md 6.3): 1 at the first step, 0 at the last.
 
     ``step`` is 1-based like the reference's global step (1 = the first update, ``total_steps`` =
     the last); past the end the factor stays 0. With ``total_steps == 1`` the only step is also the

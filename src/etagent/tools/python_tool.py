@@ -5,7 +5,7 @@ sandbox (no network, no view of the host's files beyond the interpreter and its 
 pid namespace, resource limits); see docs/sandbox.md for the threat model and its limits. Warm
 workers (``pool_size``) keep the per-call cost far below starting ``python -c``.
 
-Behaviour follows METHOD §2.3: a trailing bare expression is printed (notebook style); the result is
+Behaviour follows docs/method.md 2.3: a trailing bare expression is printed (notebook style); the result is
 the stripped stdout on success, the traceback on error, a clear text on timeout or a limit.
 ``call`` never raises for anything the code does.
 """

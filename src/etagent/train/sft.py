@@ -18,7 +18,7 @@ default: on 240 tool-world expert trajectories (280-950 tokens) with the embedde
 1.81x the real tokens/s of TRL's padded batches of 8, which were 31.5% padding
 (``benchmarks/bench_sft.py``, shared 2-core CPU).
 
-CPU notes (docs CPU_NOTES 4, 6.1): fp32 with ``bf16=False`` (bf16 autocast is ~7x slower on an
+CPU notes (docs/cpu.md 4, 6.1): fp32 with ``bf16=False`` (bf16 autocast is ~7x slower on an
 AVX2 CPU), no gradient checkpointing by default (~25% slower, saves ~2 GiB at 4x512 tokens), and
 short padding-free rows: the attention mask of a flattened row is dense (length squared) and the CPU
 attention kernel does not skip the blocks it masks out, so one bin of ``max_length`` tokens per
@@ -62,7 +62,7 @@ class LoraSettings(ConfigModel):
 
 
 class SFTConfig(ConfigModel):
-    """One fine-tuning run (METHOD section 4; the reference: full FT, lr 5e-6, 3 epochs, cosine)."""
+    """One fine-tuning run (docs/method.md 4; the reference: full FT, lr 5e-6, 3 epochs, cosine)."""
 
     model: str = Field(
         "embedded", description="'embedded', 'tiny', or a local Hugging Face model directory to start from"
@@ -188,7 +188,7 @@ def training_arguments(cfg: SFTConfig, output_dir: Path) -> Any:
         activation_checkpointing=cfg.gradient_checkpointing,  # (transformers 5 name of gradient_checkpointing)
         seed=cfg.seed,
         data_seed=cfg.seed,
-        # device and precision: bf16 autocast on an AVX2 CPU is ~7x slower (CPU_NOTES 6.1)
+        # device and precision: bf16 autocast on an AVX2 CPU is ~7x slower (docs/cpu.md 6.1)
         use_cpu=use_cpu,
         bf16=not use_cpu and torch.cuda.is_bf16_supported(),
         dataloader_pin_memory=not use_cpu,

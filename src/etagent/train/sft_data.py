@@ -8,12 +8,12 @@ One example per line (the contract with the flywheel export, :mod:`etagent.flywh
                   {"role": "assistant", "content": <whole trajectory, inserted <result>s included>}],
      "meta": {...}}
 
-Tokenization mirrors inference exactly (:class:`etagent.rollout.loop.AgentLoop`): the prompt is
+Tokenization mirrors inference exactly (:class:`etagent.loop.agent_loop.AgentLoop`): the prompt is
 the chat template over every message but the last, with the generation prompt, encoded on its
 own; the assistant text follows as the pieces the agent loop would have produced (model text and
 each inserted tool result encoded separately, so no token straddles a result boundary), then the
 end-of-turn token. Loss mask (1 = trained): prompt tokens 0; model-written text 1; tool results
-0 when ``mask_tool_results`` (the default; the reference trained on them, METHOD section 4),
+0 when ``mask_tool_results`` (the default; the reference trained on them, docs/method.md 4),
 else 1; the end-of-turn token 1, so the model learns to stop after ``</answer>``.
 
 A result is a tool output when it directly follows a complete tool call (only whitespace between),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from etagent.rollout.loop import AgentLoop, BudgetConfig, SamplingConfig
+from etagent.loop.agent_loop import AgentLoop, BudgetConfig, SamplingConfig
 from etagent.tasks.toolworld import ExpertPolicy, ToolWorldTask, load_split
 from etagent.tasks.toolworld.critic import ExpertCritic
 from etagent.tools.config import ToolsConfig, build_tools

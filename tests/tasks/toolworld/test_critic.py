@@ -4,8 +4,8 @@ corrected steps it writes from each question's minimal plan."""
 from __future__ import annotations
 
 from etagent.flywheel import steps as st
-from etagent.flywheel.roles import RedundancyEdit, StepRewriteRequest, StepsRequest, ThinkRequest
 from etagent.records import Question
+from etagent.tasks.roles import RedundancyEdit, StepRewriteRequest, StepsRequest, ThinkRequest
 from etagent.tasks.toolworld.critic import analyse_steps
 from tests.tasks.toolworld.conftest import question_of
 

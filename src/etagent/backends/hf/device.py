@@ -13,7 +13,7 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``auto`` -> float32 on CPU (AVX2 CPUs have no fast bf16: 7x slower, CPU_NOTES 6.1),
+    """``auto`` -> float32 on CPU (AVX2 CPUs have no fast bf16: 7x slower, docs/cpu.md 6.1),
     bfloat16 on GPU."""
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32

@@ -1,7 +1,7 @@
 """The flywheel's critic and helper for the tool world, without a model (``critic.kind: expert``).
 
 On the embedded tool world a 135M critic is useless, so :class:`ExpertCritic` fills both roles
-(:class:`etagent.flywheel.roles.Critic` and :class:`~etagent.flywheel.roles.Helper`) from each
+(:class:`etagent.tasks.roles.Critic` and :class:`~etagent.tasks.roles.Helper`) from each
 question's minimal plan (``question.meta["plan"]``): a tool call is *useful* when its result newly
 reveals a fact of a plan step, *redundant* otherwise; a corrected step is the plan's next segment
 after the facts found so far. Questions without a plan get no edits (None).
@@ -15,11 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from etagent.flywheel import steps as st
-from etagent.flywheel.roles import RedundancyEdit, StepRewriteRequest, StepsRequest, ThinkRequest
 from etagent.protocol import tags
 from etagent.records import Question
 from etagent.scoring.correctness import answer_equal
+from etagent.tasks.roles import RedundancyEdit, StepRewriteRequest, StepsRequest, ThinkRequest
 from etagent.tasks.toolworld.variants import variant_segments
 
 
@@ -49,7 +48,7 @@ def _step_call(step: str) -> tuple[str, str, str] | None:
     """(tool, content, result) of the executed call in a step, or None."""
     blocks = [b for b in tags.parse_blocks(step) if not (b.kind == "text" and not b.content.strip())]
     for b, nxt in itertools.pairwise(blocks):
-        if b.kind in st.TOOL_TAGS and b.closed and nxt.kind == tags.RESULT and nxt.closed:
+        if b.kind in tags.DEFAULT_TOOL_TAGS and b.closed and nxt.kind == tags.RESULT and nxt.closed:
             return b.kind, b.content.strip(), nxt.content
     return None
 
@@ -126,7 +125,7 @@ class ExpertCritic:
                 out.append(None)
                 continue
             plan = r.question.meta["plan"]
-            done = st.split_steps(r.prefix) if r.prefix else []
+            done = tags.split_steps(r.prefix) if r.prefix else []
             infos = analyse_steps(r.question, done)
             covered = {i for info in infos for i in info.new}
             parts = []

@@ -100,7 +100,7 @@ class ToolWorldTask(Task):
         """
         if k <= 0:
             return []
-        from etagent.rollout.loop import AgentLoop, SamplingConfig
+        from etagent.loop.agent_loop import AgentLoop, SamplingConfig
         from etagent.tools.base import tool_class
         from etagent.tools.config import build_tools
 

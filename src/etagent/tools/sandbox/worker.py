@@ -46,7 +46,7 @@ _getpid = os.getpid
 
 
 def add_auto_print(tree: ast.Module) -> ast.Module:
-    """Wrap a trailing bare expression in ``print(...)`` like a notebook cell (METHOD §2.3).
+    """Wrap a trailing bare expression in ``print(...)`` like a notebook cell (docs/method.md 2.3).
 
     A trailing ``print(...)`` call is left alone so nothing prints twice. The rewrite happens on the
     tree rather than the text so line numbers in tracebacks stay those the model wrote.

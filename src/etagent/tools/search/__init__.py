@@ -16,16 +16,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from etagent.tools.search.backends import build_retriever, resolve_corpus
 from etagent.tools.search.cache import QueryCache
 from etagent.tools.search.config import DEFAULT_PORT, SearchConfig
 from etagent.tools.search.corpus import Doc, load_corpus, make_contents, parse_contents
-from etagent.tools.search.retriever import (
-    Retriever,
-    RetrieverError,
-    RetrieverTimeout,
-    build_retriever,
-    resolve_corpus,
-)
+from etagent.tools.search.retriever import Retriever, RetrieverError, RetrieverTimeout
 from etagent.tools.search.tool import SearchTool, format_docs
 
 _LAZY = {

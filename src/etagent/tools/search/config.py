@@ -8,7 +8,7 @@ from pydantic import Field
 
 from etagent.config import ConfigModel
 
-DEFAULT_PORT = 1243  # the reference retriever service's port (METHOD 2.1)
+DEFAULT_PORT = 1243  # the reference retriever service's port (docs/method.md 2.1)
 
 
 class SearchConfig(ConfigModel):

@@ -1,4 +1,4 @@
-"""HTTP clients for retrieval servers (METHOD 2.1).
+"""HTTP clients for retrieval servers (docs/method.md 2.1).
 
 Two wire formats:
 

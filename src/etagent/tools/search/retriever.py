@@ -1,14 +1,10 @@
-"""The retriever interface shared by BM25, dense and remote backends, and the factory that builds one."""
+"""The retriever interface shared by the BM25, dense and remote backends, and its errors."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from etagent.tools.search.corpus import Doc
-
-if TYPE_CHECKING:
-    from etagent.tools.search.config import SearchConfig
 
 
 class RetrieverError(RuntimeError):
@@ -31,42 +27,3 @@ class Retriever(Protocol):
     def search_batch(self, queries: list[str], top_k: int) -> list[list[Doc]]: ...
 
     def close(self) -> None: ...
-
-
-def resolve_corpus(corpus: str | None) -> Path:
-    """A corpus setting -> a JSONL path. None (use the task's corpus) must have been filled in by
-    whoever knows the task (:func:`etagent.agent.build_agent`)."""
-    if corpus is None:
-        raise RetrieverError(
-            "search.corpus is not set and the task has no corpus; set tools.search.corpus to a JSONL "
-            "file of {id, title, text} (or {id, contents})"
-        )
-    return Path(corpus).expanduser()
-
-
-def build_retriever(cfg: SearchConfig) -> Retriever:
-    """Build the backend a :class:`SearchConfig` names (local indexes are loaded or built here)."""
-    root = Path(cfg.index_dir).expanduser() if cfg.index_dir else None
-    if cfg.backend == "bm25":
-        from etagent.tools.search.bm25 import BM25Index
-
-        return BM25Index.from_corpus(resolve_corpus(cfg.corpus), cache_root=root, threads=cfg.threads)
-    if cfg.backend == "dense":
-        from etagent.tools.search.dense import DenseIndex
-
-        return DenseIndex.from_corpus(
-            resolve_corpus(cfg.corpus),
-            model=cfg.dense_model,
-            cache_root=root,
-            batch_size=cfg.dense_batch_size,
-            device=cfg.dense_device,
-            query_prefix=cfg.dense_query_prefix,
-            passage_prefix=cfg.dense_passage_prefix,
-        )
-    if cfg.backend == "remote":
-        from etagent.tools.search.remote import make_client
-
-        return make_client(
-            cfg.url, api=cfg.api, timeout_s=cfg.timeout_s, retries=cfg.retries, backoff_s=cfg.retry_backoff_s
-        )
-    raise ValueError(f"unknown search backend {cfg.backend!r}")

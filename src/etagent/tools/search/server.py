@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI, HTTPException
 from pydantic import AliasChoices, BaseModel, Field
 
+from etagent.tools.search.backends import build_retriever
 from etagent.tools.search.config import DEFAULT_PORT, SearchConfig
 from etagent.tools.search.corpus import Doc
-from etagent.tools.search.retriever import Retriever, build_retriever
+from etagent.tools.search.retriever import Retriever
 
 if TYPE_CHECKING:
     import uvicorn

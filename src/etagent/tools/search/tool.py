@@ -1,6 +1,6 @@
 """The ``search`` tool: ``<search>query</search>`` -> the top passages as one ``<result>`` text.
 
-Result text (METHOD 2.1 client formatting, plus numbering and titles, which multi-hop questions
+Result text (docs/method.md 2.1 client formatting, plus numbering and titles, which multi-hop questions
 need to tell passages apart)::
 
     (1) Ed Wood (film): Ed Wood is a 1994 American biographical ...
@@ -19,10 +19,11 @@ from typing import ClassVar
 from etagent.protocol.tags import ToolSpec
 from etagent.records import ToolStatus
 from etagent.tools.base import Tool, ToolResult
+from etagent.tools.search.backends import build_retriever
 from etagent.tools.search.cache import QueryCache
 from etagent.tools.search.config import SearchConfig
 from etagent.tools.search.corpus import Doc
-from etagent.tools.search.retriever import Retriever, RetrieverTimeout, build_retriever
+from etagent.tools.search.retriever import Retriever, RetrieverTimeout
 
 log = logging.getLogger(__name__)
 

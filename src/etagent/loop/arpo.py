@@ -1,4 +1,4 @@
-"""ARPO: entropy-driven branching rollouts (METHOD 6.2), independent of any training engine.
+"""ARPO: entropy-driven branching rollouts (docs/method.md 6.2), independent of any training engine.
 
 For each question, ``initial_rollouts`` trajectories start from the prompt. All live branches of
 all questions then advance in lockstep, one segment per round, through the agent loop (one
@@ -31,7 +31,7 @@ logged. Without any log-probs the entropy is 0 and branching falls back to ``bra
 Differences from the reference, on purpose:
 - ``H_init`` is per question and computed afresh on every call: the mean entropy of the initial
   rollouts' first segments (the reference keeps a dictionary keyed by branch index that is never
-  reset, so from the second training step on it compares with stale values: METHOD 9.3).
+  reset, so from the second training step on it compares with stale values: docs/method.md 9.3).
 - A branch is only made right after a tool result (the reference also copies branches that were
   cut by the per-call token limit, mid-segment).
 
@@ -54,8 +54,8 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from etagent.config import ConfigModel
+from etagent.loop.agent_loop import AgentLoop, LoopState
 from etagent.records import Question, Trajectory
-from etagent.rollout.loop import AgentLoop, LoopState
 
 log = logging.getLogger("etagent.arpo")
 
@@ -63,7 +63,7 @@ EntropyMethod = Literal["top_k", "sampled", "none"]
 
 
 class ArpoConfig(ConfigModel):
-    """The ARPO rollout's settings (METHOD 6.1/6.2; defaults are the reference's)."""
+    """The ARPO rollout's settings (docs/method.md 6.1/6.2; defaults are the reference's)."""
 
     n: int = Field(16, ge=1, description="trajectories per question")
     initial_rollouts: int = Field(8, ge=1, description="rollouts started from the prompt at the beginning")

@@ -3,9 +3,9 @@ the token/mask/text alignment checked against the real tokenizer."""
 
 from __future__ import annotations
 
+from etagent.loop.agent_loop import BudgetConfig
 from etagent.protocol import tags
-from etagent.rollout.loop import BudgetConfig
-from tests.rollout.test_loop import _check_invariants, _loop, _question
+from tests.loop.test_agent_loop import _check_invariants, _loop, _question
 
 SCRIPT = (
     "<think>Look it up.</think><search>capital of Peru</search>"

@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 
 from etagent.backends.base import Completion, Generator, SamplingParams, trim_at_stop
+from etagent.loop.agent_loop import AgentLoop, BudgetConfig
 from etagent.protocol import tags
 from etagent.records import Question, Trajectory
-from etagent.rollout.loop import AgentLoop, BudgetConfig
 from etagent.tools.base import Tool, ToolResult
 
 ASSISTANT = "<|im_start|>assistant\n"

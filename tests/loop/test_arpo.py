@@ -8,10 +8,10 @@ import random
 
 import pytest
 
+from etagent.loop.agent_loop import AgentLoop, BudgetConfig
+from etagent.loop.arpo import ArpoConfig, ArpoRollout, segment_entropy
 from etagent.records import Question
-from etagent.rollout.arpo import ArpoConfig, ArpoRollout, segment_entropy
-from etagent.rollout.loop import AgentLoop, BudgetConfig
-from tests.rollout.test_loop import ASSISTANT, EchoTool, ScriptedGenerator
+from tests.loop.test_agent_loop import ASSISTANT, EchoTool, ScriptedGenerator
 
 # every segment is longer than the 20 tokens whose entropy is measured
 SCRIPT = (

@@ -32,7 +32,7 @@ from etagent.tools.base import Tool, ToolResult
 
 
 class BudgetConfig(ConfigModel):
-    """Limits per trajectory (METHOD 1.4; the reference uses 6 calls per tool, 4096 tokens)."""
+    """Limits per trajectory (docs/method.md 1.4; the reference uses 6 calls per tool, 4096 tokens)."""
 
     max_calls_per_tool: int = Field(6, ge=0, description="calls allowed for each tool")
     max_tool_calls: int = Field(6, ge=0, description="calls allowed in total, all tools together")
