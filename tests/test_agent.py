@@ -17,6 +17,17 @@ ANSWER = "<think>Compute.</think><calculator>6*7</calculator><result>\n42\n</res
     "<think>Done.</think><answer>The final answer is \\[ \\boxed{42} \\]</answer>"
 
 
+def _first_dev_trajectory(cfg: AgentConfig):
+    """The agent's trajectory for the tool world's first dev question, and the (closed) agent."""
+    task = resolve_task("toolworld")
+    loop = build_agent(cfg, task)
+    try:
+        (traj,) = loop.run(task.questions("dev")[:1])
+    finally:
+        loop.close()
+    return traj, loop
+
+
 def test_a_new_tool_is_one_class_named_in_config(tokenizer):
     cfg = ToolsConfig.model_validate({"enabled": ["search", CALCULATOR], "calculator": {"digits": 2}})
     assert cfg.tags == ("search", "calculator")
@@ -44,12 +55,7 @@ def test_a_new_backend_is_one_class_named_in_config(tmp_path):
             f"tools.enabled=[{CALCULATOR}]",
         ],
     )
-    task = resolve_task("toolworld")
-    loop = build_agent(cfg, task)
-    try:
-        (traj,) = loop.run(task.questions("dev")[:1])
-    finally:
-        loop.close()
+    traj, loop = _first_dev_trajectory(cfg)
     assert traj.tool_calls[0].tool == "calculator" and traj.tool_calls[0].result == "42"
     assert traj.prediction == "42"
     assert loop.tools["calculator"].closed  # the loop closes the tools it built
@@ -69,12 +75,7 @@ def test_search_uses_the_task_corpus_unless_the_config_names_one(tmp_path):
 
 def test_the_oracle_is_the_tasks(tokenizer):
     cfg = load_config(AgentConfig, overrides=["backend.kind=expert", "tools.enabled=[search]"])
-    task = resolve_task("toolworld")
-    loop = build_agent(cfg, task)
-    try:
-        (traj,) = loop.run(task.questions("dev")[:1])
-    finally:
-        loop.close()
+    traj, _ = _first_dev_trajectory(cfg)
     assert traj.prediction and traj.finish_reason == "answer"
 
 

@@ -126,6 +126,11 @@ def grouped_bars(
                     f"{escape(value_fmt(v))}</text>"
                 )
         out.append(_x_label(LEFT + ci * group_w + group_w / 2, cat, len(categories)))
+    return _close_with_x_axis(out, plot_w, plot_h, x_title)
+
+
+def _close_with_x_axis(out: list[str], plot_w: float, plot_h: float, x_title: str | None) -> str:
+    """The x axis line and title under a plot, then the closed SVG."""
     out.append(f'<line class="axis" x1="{LEFT}" x2="{W - RIGHT}" y1="{TOP + plot_h}" y2="{TOP + plot_h}"/>')
     if x_title:
         out.append(
@@ -179,13 +184,7 @@ def line_chart(
             )
     for i, label in enumerate(x_labels):
         out.append(_x_label(LEFT + step * (i + 0.5), label, len(x_labels)))
-    out.append(f'<line class="axis" x1="{LEFT}" x2="{W - RIGHT}" y1="{TOP + plot_h}" y2="{TOP + plot_h}"/>')
-    if x_title:
-        out.append(
-            f'<text class="axis-title" x="{LEFT + plot_w / 2}" y="{H - 8}" text-anchor="middle">{escape(x_title)}</text>'
-        )
-    out.append("</svg>")
-    return "\n".join(out)
+    return _close_with_x_axis(out, plot_w, plot_h, x_title)
 
 
 @dataclass
