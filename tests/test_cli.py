@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from etagent.cli import app
 from etagent.io import read_records
 from etagent.records import Trajectory
+from tests.cli_helpers import invoke_ok
 
 runner = CliRunner()
 
@@ -66,14 +67,10 @@ def test_expert_rollout_is_correct_at_minimal_calls_with_real_tools(tmp_path, to
 
 def test_expert_with_redundant_and_missing_calls(tmp_path):
     run_dir = tmp_path / "run"
-    result = runner.invoke(
-        app,
-        [
-            "rollout", "--backend", "expert", "--data", "toolworld:dev", "--limit", "16",
-            "--set", "agent.backend.expert.redundant_rate=1.0", "--run-dir", str(run_dir),
-        ],
+    invoke_ok(
+        "rollout", "--backend", "expert", "--data", "toolworld:dev", "--limit", "16",
+        "--set", "agent.backend.expert.redundant_rate=1.0", "--run-dir", str(run_dir),
     )  # fmt: skip
-    assert result.exit_code == 0, result.output
     summary = json.loads((run_dir / "trajectories.summary.json").read_text())
     assert summary["redundant_call_rate"] == 1.0 and summary["exact_match"] == 1.0
 
@@ -122,15 +119,11 @@ def test_bad_input_gets_a_clear_error(tmp_path):
 @pytest.mark.integration
 def test_embedded_model_rollout_writes_real_trajectories(tmp_path, tokenizer):
     run_dir = tmp_path / "run"
-    result = runner.invoke(
-        app,
-        [
-            "rollout", "--model", "embedded", "--data", "toolworld:dev", "--limit", "3", "--few-shot", "2",
-            "--set", "agent.sampling.temperature=0", "--set", "agent.budget.max_new_tokens_per_call=64",
-            "--set", "agent.budget.max_response_tokens=256", "--run-dir", str(run_dir),
-        ],
+    invoke_ok(
+        "rollout", "--model", "embedded", "--data", "toolworld:dev", "--limit", "3", "--few-shot", "2",
+        "--set", "agent.sampling.temperature=0", "--set", "agent.budget.max_new_tokens_per_call=64",
+        "--set", "agent.budget.max_response_tokens=256", "--run-dir", str(run_dir),
     )  # fmt: skip
-    assert result.exit_code == 0, result.output
     trajs = read_records(run_dir / "trajectories.jsonl", Trajectory)
     assert len(trajs) == 3
     # few-shot prompted, the 135M model writes the tool format and its calls are executed

@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from etagent.cli import app
+from tests.cli_helpers import invoke_ok
 
 runner = CliRunner()
 
@@ -43,14 +44,10 @@ def test_eval_score_and_report_on_the_command_line(tmp_path):
     assert "limit: 4" in saved and "kind: expert" in saved
 
     # --data replaces the data sets; redundant calls make run b less efficient than a
-    result = runner.invoke(
-        app,
-        [
-            "eval", "--backend", "expert", "--data", "toolworld:dev", "--limit", "4",
-            "--set", "agent.backend.expert.redundant_rate=1.0", "--run-dir", str(b),
-        ],
+    invoke_ok(
+        "eval", "--backend", "expert", "--data", "toolworld:dev", "--limit", "4",
+        "--set", "agent.backend.expert.redundant_rate=1.0", "--run-dir", str(b),
     )  # fmt: skip
-    assert result.exit_code == 0, result.output
     assert _metrics(b)["overall"]["Effi"] < _metrics(a)["overall"]["Effi"]
 
     before = _metrics(a)

@@ -12,9 +12,9 @@ from contextlib import contextmanager
 import httpx
 from typer.testing import CliRunner
 
-from etagent.cli import app
 from etagent.io import read_records
 from etagent.records import Trajectory
+from tests.cli_helpers import invoke_ok
 
 runner = CliRunner()
 
@@ -64,17 +64,13 @@ def test_rollout_through_serve_model_and_serve_retriever(tmp_path):
         models = httpx.get(model_url + "/v1/models", timeout=10).json()
         assert models["data"]
         run_dir = tmp_path / "run"
-        result = runner.invoke(
-            app,
-            [
-                "rollout", "--backend", "openai", "--model", "tiny", "--data", "toolworld:dev", "--limit", "2",
-                "--n", "2", "--set", f"agent.backend.openai.base_url={model_url}/v1",
-                "--set", "agent.tools.search.backend=remote", "--set", f"agent.tools.search.url={search_url}",
-                "--set", "agent.sampling.logprobs=2", "--set", "agent.budget.max_new_tokens_per_call=16",
-                "--set", "agent.budget.max_response_tokens=48", "--run-dir", str(run_dir),
-            ],
+        invoke_ok(
+            "rollout", "--backend", "openai", "--model", "tiny", "--data", "toolworld:dev", "--limit", "2",
+            "--n", "2", "--set", f"agent.backend.openai.base_url={model_url}/v1",
+            "--set", "agent.tools.search.backend=remote", "--set", f"agent.tools.search.url={search_url}",
+            "--set", "agent.sampling.logprobs=2", "--set", "agent.budget.max_new_tokens_per_call=16",
+            "--set", "agent.budget.max_response_tokens=48", "--run-dir", str(run_dir),
         )  # fmt: skip
-        assert result.exit_code == 0, result.output
         trajs = read_records(run_dir / "trajectories.jsonl", Trajectory)
         assert len(trajs) == 4
         for t in trajs:

@@ -9,11 +9,13 @@ Named by its dotted path (this folder on PYTHONPATH)::
 from __future__ import annotations
 
 import random
+import re
 
 from etagent.records import Question
 from etagent.tasks import PromptExample, Task, TaskError, uses_only
 from etagent.tools.config import ToolsConfig
 
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _SPLITS = {"train": (0, 200), "dev": (1, 40)}  # split -> (seed, size)
 _EXAMPLES = [
     (
@@ -38,8 +40,7 @@ class ArithmeticTask(Task):
         return list(_SPLITS)
 
     def questions(self, split: str) -> list[Question]:
-        if split not in _SPLITS:
-            raise TaskError(f"arithmetic has no split {split!r}; it has {self.splits()}")
+        self.require_split(split)
         split_seed, size = _SPLITS[split]
         rng = random.Random(self.seed * 1000 + split_seed)
         out = []
@@ -57,12 +58,10 @@ class ArithmeticTask(Task):
         return out
 
     def check_answer(self, question: Question, prediction: str) -> float | None:
-        """Right if the number is right, whatever surrounds it ("5535", "5,535", "5535.0")."""
-        digits = prediction.replace(",", "").strip()
-        try:
-            return float(float(digits) == float(question.answers[0]))
-        except ValueError:
-            return 0.0
+        """Right if the first number in the answer is right, whatever surrounds it ("5535",
+        "5,535 apples", "the product is 5535.0"); the standard maths check wants the number alone."""
+        found = _NUMBER.search(prediction.replace(",", ""))
+        return float(found is not None and float(found.group()) == float(question.answers[0]))
 
     def prompt_examples(self, k: int, tools: ToolsConfig, tokenizer: str) -> list[PromptExample]:
         usable = [ex for ex in _EXAMPLES if uses_only(ex[1], tools.enabled)]

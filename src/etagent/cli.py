@@ -525,6 +525,7 @@ def report(
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input or a missing service: shown as one line, not a traceback."""
     from etagent.backends.openai_backend import BackendResponseError
+    from etagent.registry import RegistryError
     from etagent.tools.sandbox.launch import SandboxUnavailable
     from etagent.tools.search.retriever import RetrieverError
 
@@ -536,6 +537,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         SandboxUnavailable,
         RetrieverError,
         BackendResponseError,
+        RegistryError,
     )
 
 

@@ -81,15 +81,21 @@ def _judge(tmp_path, reply, **cfg):
     return LLMJudge(gen, JudgeConfig(**cfg), VerdictCache(tmp_path / "verdicts.sqlite")), gen
 
 
-def test_parse_verdict():
-    assert parse_verdict("Correct") is True
-    assert parse_verdict("correct.") is True
-    assert parse_verdict("Incorrect") is False
-    assert parse_verdict("The prediction is not correct") is False
-    assert parse_verdict("WRONG") is False
-    assert parse_verdict("Thinking: is it wrong? <judgment>Correct</judgment>") is True
-    assert parse_verdict("I cannot tell.") is None
-    assert parse_verdict("") is None
+@pytest.mark.parametrize(
+    ("reply", "verdict"),
+    [
+        ("Correct", True),
+        ("correct.", True),
+        ("Incorrect", False),
+        ("The prediction is not correct", False),
+        ("WRONG", False),
+        ("Thinking: is it wrong? <judgment>Correct</judgment>", True),
+        ("I cannot tell.", None),
+        ("", None),
+    ],
+)
+def test_parse_verdict(reply, verdict):
+    assert parse_verdict(reply) is verdict
 
 
 def test_parse_vote_and_majority():

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from pydantic import Field
 
 from etagent.backends.base import Generator, SamplingParams, render_chat_text
 from etagent.backends.config import BackendConfig
-from etagent.config import ConfigModel
+from etagent.config import ConfigError, ConfigModel
 from etagent.flywheel import steps as st
 from etagent.protocol import tags
 from etagent.records import Question
@@ -46,7 +46,8 @@ log = logging.getLogger("etagent.flywheel")
 
 
 class RoleConfig(ConfigModel):
-    """Who plays a role: the tool world's expert, or a language model (any backend)."""
+    """Who plays a role: the task's model-free critic (``expert``; the tool world has one), or a
+    language model (any backend)."""
 
     kind: Literal["expert", "llm"] = "expert"
     backend: BackendConfig | None = Field(
@@ -231,6 +232,22 @@ class _LLMRole:
         return [c[0].text if c else None for c in out]
 
 
+def _parse_step_replies(
+    requests: Sequence[StepsRequest],
+    replies: Sequence[str | None],
+    parse: Callable[[str, int], Any],
+    what: str,
+) -> list[Any]:
+    """Each reply parsed against its trajectory's step count (None when unreadable, logged)."""
+    out = []
+    for r, reply in zip(requests, replies, strict=True):
+        parsed = None if reply is None else parse(reply, len(r.steps))
+        if parsed is None:
+            log.info("critic: unreadable %s reply for %s: %r", what, r.question.id, (reply or "")[:200])
+        out.append(parsed)
+    return out
+
+
 def _gold(q: Question) -> str:
     return " | ".join(q.answers)
 
@@ -250,13 +267,8 @@ class LLMCritic(_LLMRole):
             )
             for r in requests
         ]
-        out: list[RedundancyEdit | None] = []
-        for r, reply in zip(requests, self._generate(prompts), strict=True):
-            parsed = None if reply is None else parse_redundancy(reply, len(r.steps))
-            if parsed is None:
-                log.info("critic: unreadable redundancy reply for %s: %r", r.question.id, (reply or "")[:200])
-            out.append(parsed if isinstance(parsed, RedundancyEdit) else None)
-        return out
+        edits = _parse_step_replies(requests, self._generate(prompts), parse_redundancy, "redundancy")
+        return [e if isinstance(e, RedundancyEdit) else None for e in edits]
 
     def locate_flawed_steps(self, requests: Sequence[StepsRequest]) -> list[int | None]:
         prompts = [
@@ -268,16 +280,10 @@ class LLMCritic(_LLMRole):
             )
             for r in requests
         ]
-        out: list[int | None] = []
         # only the number is used, so generation stops where the analysis would begin
-        for r, reply in zip(requests, self._generate(prompts, stop=["Analysis:"]), strict=True):
-            k = None if reply is None else parse_step_number(reply, len(r.steps))
-            if k is None:
-                log.info(
-                    "critic: unreadable flawed-step reply for %s: %r", r.question.id, (reply or "")[:200]
-                )
-            out.append(k if isinstance(k, int) else None)
-        return out
+        replies = self._generate(prompts, stop=["Analysis:"])
+        steps = _parse_step_replies(requests, replies, parse_step_number, "flawed-step")
+        return [k if isinstance(k, int) else None for k in steps]
 
     def rewrite_thinks(self, requests: Sequence[ThinkRequest]) -> list[str | None]:
         prompts = [
@@ -370,13 +376,13 @@ def build_roles(
 
     def the_expert(role: str, methods: tuple[str, ...]) -> Any:
         if expert is None:
-            raise ValueError(
+            raise ConfigError(
                 f"{role}.kind is 'expert' but the task has no expert critic; set {role}.kind: llm "
                 f"(with {role}.backend, or none to share the policy's model)"
             )
         lacking = [m for m in methods if not callable(getattr(expert, m, None))]
         if lacking:
-            raise ValueError(
+            raise ConfigError(
                 f"{role}.kind is 'expert' but the task's critic {type(expert).__name__} cannot play the "
                 f"{role} (it has no {', '.join(lacking)}); set {role}.kind: llm"
             )

@@ -49,6 +49,11 @@ class Task(ABC):
     def questions(self, split: str) -> list[Question]:
         """All questions of ``split`` (raise :class:`TaskError` for an unknown split)."""
 
+    def require_split(self, split: str) -> None:
+        """Raise :class:`TaskError` unless ``split`` is one of :meth:`splits`."""
+        if split not in self.splits():
+            raise TaskError(f"task {self.name!r} has no split {split!r}; it has {self.splits()}")
+
     def corpus(self) -> Path | None:
         """The JSONL corpus the search tool uses when its config names none."""
         return None

@@ -108,8 +108,7 @@ class FileTask(Task):
         return list(self._splits)
 
     def questions(self, split: str) -> list[Question]:
-        if split not in self._splits:
-            raise TaskError(f"task {self.name!r} has no split {split!r}; it has {self.splits()}")
+        self.require_split(split)
         if split not in self._loaded:
             questions = load_question_file(self._splits[split])
             if self._relabel:

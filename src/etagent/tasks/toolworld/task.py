@@ -73,8 +73,7 @@ class ToolWorldTask(Task):
         return list(SPLITS)
 
     def questions(self, split: str) -> list[Question]:
-        if split not in SPLITS:
-            raise TaskError(f"task {self.name!r} has no split {split!r}; it has {list(SPLITS)}")
+        self.require_split(split)
         return load_split(split, self.seed)
 
     def corpus(self) -> Path:
