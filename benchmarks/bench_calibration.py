@@ -80,7 +80,8 @@ def main() -> None:
     questions = args.questions
     if questions is None:
         pareto = demo.pareto.model_copy(deep=True)
-        pareto.rollout.backend.model, pareto.rollout.limit = args.sft, args.pool
+        pareto.rollout.agent = pareto.rollout.agent.with_model(args.sft)
+        pareto.rollout.limit = args.pool
         pareto.selection.budget = args.pool // 2
         summary = run_pareto(pareto, out / "pareto")
         questions = str(out / "pareto" / summary["stages"][0])
@@ -89,7 +90,9 @@ def main() -> None:
     models = {"fine-tuned only": args.sft}
     for name, sigma_tool, sigma_length in (("GRPO sigma 0", 0.0, 0.0), ("ET-Agent", 0.2, 0.5)):
         rl = demo.rl.model_copy(deep=True)
-        rl.model, rl.data, rl.max_steps, rl.learning_rate = args.sft, questions, args.steps, args.lr
+        rl.agent = rl.agent.with_model(args.sft)
+        # the stage file holds tool-world questions
+        rl.data, rl.task, rl.max_steps, rl.learning_rate = questions, "toolworld", args.steps, args.lr
         rl.reward.sigma_tool, rl.reward.sigma_length = sigma_tool, sigma_length
         run_dir = out / name.replace(" ", "-")
         if not (run_dir / "model" / "config.json").exists():
@@ -100,7 +103,7 @@ def main() -> None:
     for name, model in models.items():
         ev = demo.eval.model_copy(deep=True)
         ev.datasets = [EvalDataset(data="toolworld:test", limit=args.limit)]
-        ev.backend.model = model
+        ev.agent = ev.agent.with_model(model)
         eval_dir = out / f"eval-{args.limit}" / name.replace(" ", "-")
         done = eval_dir / "metrics.json"
         metrics[name] = json.loads(done.read_text()) if done.exists() else run_eval(ev, eval_dir)
