@@ -145,3 +145,22 @@ def test_every_shipped_config_loads_into_its_stage_config(path):
     cls = stages[path.name.split("_")[0]]
     cfg = load_config(cls, path)
     assert cfg.model_dump(exclude_defaults=True), f"{path.name} sets nothing"
+
+
+def test_a_section_given_in_part_keeps_the_stage_defaults_of_the_rest(tmp_path):
+    """``agent: {budget: ...}`` changes the budget only: the flywheel still samples at T 1.0 /
+    top_p 0.95 with 64 rows and RL keeps its own budget, not the AgentConfig class defaults."""
+    from etagent.flywheel.stage import FlywheelConfig
+    from etagent.rl.config import RLConfig
+
+    cfg_file = tmp_path / "f.yaml"
+    cfg_file.write_text("agent:\n  budget:\n    max_tool_calls: 3\n", encoding="utf-8")
+    flywheel = load_config(FlywheelConfig, cfg_file)
+    assert flywheel.agent.budget.max_tool_calls == 3
+    assert flywheel.agent.budget.max_calls_per_tool == 6
+    assert (flywheel.agent.sampling.temperature, flywheel.agent.sampling.top_p) == (1.0, 0.95)
+    assert flywheel.agent.max_active == 64
+    rl = load_config(RLConfig, None, ["agent.tools.enabled=[search]"])
+    assert (rl.agent.budget.max_response_tokens, rl.agent.budget.on_budget) == (1024, "stop")
+    with pytest.raises(ConfigError, match="RL rolls out with the policy being trained"):
+        load_config(RLConfig, None, ["agent.backend.kind=openai"])

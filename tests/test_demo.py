@@ -21,3 +21,23 @@ def test_demo_sizes_stay_within_a_cpu_budget():
     assert cfg.pareto.rollout.limit * cfg.pareto.rollout.n <= 48
     assert cfg.flywheel.limit * cfg.flywheel.rounds <= 20
     assert sum(d.limit or 10**6 for d in cfg.eval.datasets) <= 24
+
+
+def test_demo_agents_keep_their_measured_settings():
+    """The README's demo table was measured with these agent settings; the one agent config must
+    give each stage the same ones (greedy evaluation, the flywheel's T 1.0 / top_p 0.95 on 64 rows,
+    RL stopping at the budget, the tool world's own corpus for search)."""
+    cfg = DemoConfig()
+    budget = (4, 160, 1024)
+
+    def limits(agent):
+        return agent.budget.max_tool_calls, agent.budget.max_new_tokens_per_call, agent.budget.max_response_tokens
+
+    assert limits(cfg.flywheel.agent) == limits(cfg.pareto.rollout.agent) == limits(cfg.eval.agent) == budget
+    assert limits(cfg.rl.agent) == budget and cfg.rl.agent.budget.on_budget == "stop"
+    assert (cfg.flywheel.agent.sampling.temperature, cfg.flywheel.agent.sampling.top_p) == (1.0, 0.95)
+    assert cfg.flywheel.agent.max_active == 64 and cfg.pareto.rollout.agent.max_active == 16
+    assert cfg.eval.agent.sampling.temperature == 0.0 and cfg.pareto.rollout.agent.sampling.temperature == 1.0
+    for agent in (cfg.flywheel.agent, cfg.pareto.rollout.agent, cfg.rl.agent, cfg.eval.agent):
+        assert agent.few_shot == 0 and agent.tools.enabled == ["search", "python"]
+        assert agent.tools.search.corpus is None  # the task's corpus
