@@ -144,8 +144,9 @@ def test_shipped_configs_load():
     assert tw.agent.backend.model == "embedded" and tw.agent.few_shot == 3
     assert tw.datasets[0].data == "toolworld:dev"
     hp = load_config(EvalConfig, root / "eval_hotpotqa.yaml")
-    assert hp.agent.tools.enabled == ["search"] and hp.agent.tools.search.corpus.endswith("wiki_multihop.jsonl")
-    assert hp.agent.few_shot == 0  # a question file has no prompt examples of its own
+    assert hp.agent.tools.enabled == ["search"] and hp.agent.tools.search.corpus is None  # the task's
+    assert hp.datasets[0].data == "configs/tasks/hotpotqa.yaml:test"
+    assert hp.agent.few_shot == 0  # the task has no prompt examples of its own
     assert hp.datasets[0].dataset_name == "hotpotqa"
 
 

@@ -96,3 +96,13 @@ def test_bad_task_files_name_the_file_and_field(tmp_path):
         resolve_task(tmp_path / "missing.yaml")
     with pytest.raises(DataError, match="no such file or directory, and not a task"):
         load_questions("nosuchtask:train")
+
+
+def test_shipped_benchmark_tasks_name_the_shared_questions_and_corpus(shared_data, monkeypatch):
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(root)  # configs name paths from the repository root
+    hotpot = resolve_data("configs/tasks/hotpotqa.yaml:test")
+    assert hotpot.task.corpus().resolve() == (shared_data / "corpus" / "wiki_multihop.jsonl").resolve()
+    assert len(hotpot.questions()) == 200 and all(q.task == "qa" for q in hotpot.questions())
+    maths = resolve_data("configs/tasks/math500.yaml:test")
+    assert maths.task.corpus() is None and maths.questions(limit=3)[0].task == "math"
