@@ -118,13 +118,11 @@ class ToolWorldTask(Task):
         )
         expert = ExpertPolicy.from_settings(tokenizer, world_seeds=[], questions=examples)
         built = build_tools(world_tools)
-        loop = AgentLoop(expert, built, sampling=SamplingConfig(temperature=0.0))
+        loop = AgentLoop(expert, built, sampling=SamplingConfig(temperature=0.0), owned=built.values())
         try:
             out = [(t.question.question, t.response_text) for t in loop.run(examples, n=1)]
         finally:
             loop.close()
-            for tool in built.values():
-                tool.close()
         for (_, text), q in zip(out, examples, strict=True):
             if not uses_only(text, enabled):
                 raise TaskError(
