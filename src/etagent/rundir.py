@@ -8,7 +8,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from etagent.config import dump_config
+from etagent import runtime
+from etagent.config import ConfigError, dump_config
 from etagent.io import atomic_write_text
 
 CONFIG_FILE = "config.yaml"
@@ -16,6 +17,12 @@ LOG_FILE = "log.txt"
 
 
 def new_run_dir(command: str, root: str | Path = "runs") -> Path:
+    """``runs/<command>-<time>``, not yet existing. A job of several processes must name its one
+    shared directory (each process would pick its own name)."""
+    if runtime.process_count() > 1:
+        raise ConfigError(
+            f"{runtime.process_count()} processes run this job: give them one run directory with --run-dir"
+        )
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path(root) / f"{command}-{stamp}"
     path, k = base, 1

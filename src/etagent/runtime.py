@@ -30,3 +30,14 @@ def cache_dir() -> Path:
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def process_rank() -> int:
+    """This process's rank in a multi-process job (``torchrun`` / ``accelerate launch`` set
+    ``RANK``); 0 when alone."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def process_count() -> int:
+    """How many processes the job has (``WORLD_SIZE``); 1 when alone."""
+    return int(os.environ.get("WORLD_SIZE", "1"))

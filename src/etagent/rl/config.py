@@ -39,7 +39,11 @@ def _rl_agent() -> AgentConfig:
 class RLConfig(ConfigModel):
     """GRPO with group-normalised advantages, PPO clipping, token-mean loss, the ET-Agent reward and
     ARPO branching rollouts. A "step" is one rollout step: ``questions_per_step`` questions,
-    ``num_generations`` trajectories each, then ``mini_batches`` policy updates on them."""
+    ``num_generations`` trajectories each, then ``mini_batches`` policy updates on them.
+
+    With several processes (``torchrun`` / ``accelerate launch``) the sizes are global: the step's
+    questions are split across the processes, whole groups to each (a process's micro-batch holds
+    whole groups: ``micro_batch_size`` a multiple of ``num_generations``)."""
 
     data: str = Field("toolworld:train", description=DATA_HELP + "; e.g. a curriculum stage file")
     task: str | None = Field(None, description=TASK_HELP)
@@ -55,7 +59,9 @@ class RLConfig(ConfigModel):
     use_arpo: bool = Field(True, description="ARPO branching rollouts; False: independent samples")
     arpo: ArpoConfig = Field(default_factory=ArpoConfig)
     num_generations: int = Field(16, ge=2, description="trajectories per question (the GRPO group)")
-    questions_per_step: int = Field(2, ge=1, description="questions rolled out per step (reference: 64)")
+    questions_per_step: int = Field(
+        2, ge=1, description="questions rolled out per step, all processes together (reference: 64)"
+    )
     mini_batches: int = Field(
         1,
         ge=1,
@@ -116,6 +122,18 @@ class RLConfig(ConfigModel):
     def sequences_per_step(self) -> int:
         return self.questions_per_step * self.num_generations
 
-    @property
-    def gradient_accumulation_steps(self) -> int:
-        return self.sequences_per_step // (self.mini_batches * self.micro_batch_size)
+    def gradient_accumulation_steps(self, processes: int = 1) -> int:
+        """Micro-batches per policy update and process when ``processes`` share the step."""
+        per_update = self.mini_batches * self.micro_batch_size * processes
+        if self.sequences_per_step % per_update:
+            raise ValueError(
+                f"questions_per_step * num_generations ({self.sequences_per_step}) must be divisible by "
+                f"mini_batches * micro_batch_size * processes ({self.mini_batches} * {self.micro_batch_size} "
+                f"* {processes})"
+            )
+        if processes > 1 and self.micro_batch_size % self.num_generations:
+            raise ValueError(
+                f"with {processes} processes, micro_batch_size ({self.micro_batch_size}) must be a multiple of "
+                f"num_generations ({self.num_generations}): each process rolls out whole groups"
+            )
+        return self.sequences_per_step // per_update

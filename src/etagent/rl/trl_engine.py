@@ -37,13 +37,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from etagent import runtime
 from etagent.backends.base import Generator
-from etagent.io import JsonlAppender, atomic_write_json, atomic_write_jsonl, build_dir_atomically, iter_jsonl
+from etagent.io import JsonlAppender, atomic_write_json, atomic_write_jsonl, iter_jsonl
 from etagent.records import Question, Trajectory
 from etagent.rl.config import RLConfig
 from etagent.rl.samples import PolicyRollout, batch_rewards, reward_metrics, split_groups, to_policy_sample
 from etagent.scoring.correctness import AnswerCheck
 from etagent.tools.base import Tool
+from etagent.train.save import save_once
 
 log = logging.getLogger("etagent.rl")
 
@@ -113,7 +115,9 @@ class RolloutFunc:
         if self.rollout is None:
             self.rollout = self.make_rollout(trainer)
         step = rollout_step(trainer.state.global_step, self.cfg)
-        trajs, stats = self.rollout.run(questions, seed=self.cfg.seed * 1_000_003 + step)
+        # each process draws its own ARPO branches and samples (process 0: the one-process seed)
+        seed = self.cfg.seed * 1_000_003 + step + 7_919 * trainer.accelerator.process_index
+        trajs, stats = self.rollout.run(questions, seed=seed)
         samples = [to_policy_sample(t, self.eos_id) for t in trajs]
         return {
             "prompt_ids": [s.prompt_ids for s in samples],
@@ -241,7 +245,8 @@ def _jsonl_callback(writer: JsonlLog) -> Any:
 
     class _Callback(base):  # type: ignore[misc, valid-type]
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any):
-            if logs and "loss" in logs and "train_runtime" not in logs:
+            # one line per step: the main process writes it (TRL's logs are already reduced)
+            if state.is_world_process_zero and logs and "loss" in logs and "train_runtime" not in logs:
                 rec = writer.record(state.global_step, logs)
                 log.info(
                     "step %d: reward %.3f correctness %.3f tool calls %.2f (%.1f s)",
@@ -290,6 +295,7 @@ def grpo_args(cfg: RLConfig, run_dir: Path, use_cpu: bool, bf16: bool) -> Any:
     from trl import GRPOConfig
 
     u = cfg.mini_batches
+    accumulation = cfg.gradient_accumulation_steps(runtime.process_count())
     return GRPOConfig(
         output_dir=str(run_dir / CHECKPOINTS),
         use_cpu=use_cpu,
@@ -307,8 +313,8 @@ def grpo_args(cfg: RLConfig, run_dir: Path, use_cpu: bool, bf16: bool) -> Any:
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
         per_device_train_batch_size=cfg.micro_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        steps_per_generation=cfg.gradient_accumulation_steps * u,
+        gradient_accumulation_steps=accumulation,
+        steps_per_generation=accumulation * u,
         num_iterations=1,
         num_generations=cfg.num_generations,
         max_completion_length=cfg.agent.budget.max_response_tokens + 1,
@@ -331,9 +337,7 @@ def _load_policy(cfg: RLConfig) -> tuple[Any, Any, bool]:
     from transformers import AutoModelForCausalLM
 
     from etagent.backends.model_store import load_tokenizer, resolve_model
-    from etagent.runtime import available_cores
-
-    torch.set_num_threads(cfg.threads or available_cores())
+    torch.set_num_threads(cfg.threads or runtime.available_cores())
     cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     dtype = torch.bfloat16 if cuda else torch.float32
     model = AutoModelForCausalLM.from_pretrained(str(resolve_model(cfg.model)), dtype=dtype)
@@ -385,7 +389,8 @@ def build_trainer(
     if cfg.use_arpo and sampling.logprobs < cfg.arpo.top_k_logprobs:
         sampling = sampling.model_copy(update={"logprobs": cfg.arpo.top_k_logprobs})
 
-    agent = cfg.agent.model_copy(update={"sampling": sampling, "max_active": cfg.sequences_per_step})
+    per_process = cfg.sequences_per_step // runtime.process_count()
+    agent = cfg.agent.model_copy(update={"sampling": sampling, "max_active": per_process})
 
     def make_rollout(trainer: Any) -> PolicyRollout:
         gen = generator or HFGenerator(
@@ -439,7 +444,10 @@ def run_rl(
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer, writer = build_trainer(cfg, run_dir, questions=questions, generator=generator, tools=tools)
     resume = last_checkpoint(run_dir)
-    writer.keep_until(checkpoint_step(resume) if resume else 0)
+    main = trainer.accelerator.is_main_process
+    if main:
+        writer.keep_until(checkpoint_step(resume) if resume else 0)
+    trainer.accelerator.wait_for_everyone()
     if resume:
         log.info("rl: resuming from %s", resume)
     t0 = time.perf_counter()
@@ -455,7 +463,7 @@ def run_rl(
         trainer.save_model(str(tmp))
 
     model_dir = run_dir / MODEL_DIR
-    build_dir_atomically(model_dir, save, lambda p: False)
+    save_once(trainer, model_dir, save, lambda p: False)
     records = [obj for _, obj in iter_jsonl(run_dir / TRAIN_LOG)] if (run_dir / TRAIN_LOG).exists() else []
     step_times = [r["step_seconds"] for r in records if r.get("step_seconds") is not None]
     summary = {
@@ -468,5 +476,6 @@ def run_rl(
         "train_log": str(run_dir / TRAIN_LOG),
         "last": records[-1] if records else None,
     }
-    atomic_write_json(run_dir / SUMMARY, summary)
+    if main:
+        atomic_write_json(run_dir / SUMMARY, summary)
     return summary

@@ -37,9 +37,11 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from etagent import runtime
 from etagent.config import ConfigModel
-from etagent.io import JsonlAppender, atomic_write_json, atomic_write_jsonl, build_dir_atomically, iter_jsonl
+from etagent.io import JsonlAppender, atomic_write_json, atomic_write_jsonl, iter_jsonl
 from etagent.protocol import tags
+from etagent.train.save import save_once
 from etagent.train.sft_data import load_sft_examples, tokenize_example
 
 log = logging.getLogger("etagent.train")
@@ -247,9 +249,7 @@ def build_trainer(
     from trl import SFTTrainer
 
     from etagent.backends.model_store import resolve_model
-    from etagent.runtime import available_cores
-
-    torch.set_num_threads(cfg.threads or available_cores())
+    torch.set_num_threads(cfg.threads or runtime.available_cores())
     model_path = resolve_model(cfg.model)
     tokenizer = AutoTokenizer.from_pretrained(str(model_path))
     tokenizer.padding_side = "right"
@@ -318,7 +318,8 @@ def _trim_log(path: Path, up_to_step: int) -> None:
 
 def save_model_dir(trainer: Any, target: Path) -> None:
     """Write the trained model (LoRA merged into the base weights) and tokenizer to ``target``,
-    atomically: a temporary sibling directory renamed when complete."""
+    atomically: a temporary sibling directory renamed when complete; once, from the main process
+    (every process calls this)."""
     from peft import PeftModel
 
     model = trainer.model
@@ -331,7 +332,7 @@ def save_model_dir(trainer: Any, target: Path) -> None:
         model.save_pretrained(str(tmp))
         trainer.processing_class.save_pretrained(str(tmp))
 
-    build_dir_atomically(target, build, is_model_dir)
+    save_once(trainer, target, build, is_model_dir)
 
 
 def run_sft(cfg: SFTConfig, run_dir: Path) -> dict[str, Any]:
@@ -347,7 +348,8 @@ def run_sft(cfg: SFTConfig, run_dir: Path) -> dict[str, Any]:
 
     resume = last_checkpoint(run_dir)
     log_path = run_dir / TRAIN_LOG
-    _trim_log(log_path, _checkpoint_step(resume))
+    if runtime.process_rank() == 0:  # the main process owns the log
+        _trim_log(log_path, _checkpoint_step(resume))
     loss_log = LossLogCallback(log_path)
     trainer, stats = build_trainer(cfg, run_dir, callbacks=[loss_log.as_callback()])
     log.info(
@@ -364,7 +366,7 @@ def run_sft(cfg: SFTConfig, run_dir: Path) -> dict[str, Any]:
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     finally:
         loss_log.close()
-    runtime = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
     save_model_dir(trainer, out_dir)
 
     history = trainer.state.log_history
@@ -387,12 +389,14 @@ def run_sft(cfg: SFTConfig, run_dir: Path) -> dict[str, Any]:
         "train_loss": result.training_loss,
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
-        "runtime_s": round(runtime, 2),
+        "runtime_s": round(seconds, 2),
         # real (non-pad) tokens through the model in this invocation (a resume starts mid-way)
         "tokens_this_run": tokens_now,
-        "tokens_per_s": round(tokens_now / runtime, 1) if runtime > 0 else None,
+        "tokens_per_s": round(tokens_now / seconds, 1) if seconds > 0 else None,
     }
-    atomic_write_json(summary_path, summary)
-    if not cfg.keep_checkpoints:
-        shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
+    if trainer.accelerator.is_main_process:
+        atomic_write_json(summary_path, summary)
+        if not cfg.keep_checkpoints:
+            shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
     return summary

@@ -1,0 +1,112 @@
+"""Several processes, one job: ``etagent sft`` and ``etagent rl`` under torchrun with 2 processes
+(gloo on the CPU, the tiny model). One log line per step, one complete model, the summary once;
+SFT on 2 processes equals 1 process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from tests.train.conftest import write_sft
+
+MODEL_FILES = ("config.json", "model.safetensors", "tokenizer_config.json")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _etagent(*args: str, processes: int = 1) -> None:
+    """``etagent ARGS`` as ``torchrun --nproc_per_node PROCESSES`` runs it (plainly for 1)."""
+    launch = (
+        ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", str(_free_port())]
+        if processes > 1
+        else []
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, *launch, "-m", "etagent.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+
+
+def _steps(run_dir: Path) -> list[int]:
+    lines = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    return [r["step"] for r in lines if "loss" in r]
+
+
+def _complete(model_dir: Path) -> None:
+    assert all((model_dir / name).exists() for name in MODEL_FILES), sorted(os.listdir(model_dir))
+
+
+def test_sft_on_two_processes_is_one_job_with_the_global_batch_of_one(tmp_path, tiny_model_path):
+    data = write_sft(tmp_path / "sft.jsonl", 12)
+    common = [
+        "sft", "--data", str(data), "--model", str(tiny_model_path), "--max-steps", "2",
+        "--set", "threads=1", "--set", "max_length=256", "--set", "batch_size=1",
+        "--set", "learning_rate=1e-3", "--set", "warmup_ratio=0",
+    ]  # fmt: skip
+    _etagent(*common, "--set", "grad_accum=1", "--run-dir", str(tmp_path / "two"), processes=2)
+    _etagent(*common, "--set", "grad_accum=2", "--run-dir", str(tmp_path / "one"))
+    for run in ("two", "one"):
+        assert _steps(tmp_path / run) == [1, 2]  # one line per step, not one per process
+        _complete(tmp_path / run / "model")
+    two = [json.loads(line) for line in (tmp_path / "two" / "train_log.jsonl").read_text().splitlines()]
+    one = [json.loads(line) for line in (tmp_path / "one" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in two[:2]] == pytest.approx([r["loss"] for r in one[:2]], rel=1e-4)
+    w2, w1 = load_file(str(tmp_path / "two/model/model.safetensors")), load_file(str(tmp_path / "one/model/model.safetensors"))
+    assert w2.keys() == w1.keys()
+    for name in w1:  # the 2-process update is the 1-process update with the same global batch
+        assert (w2[name] - w1[name]).abs().max() < 1e-4, name
+
+
+def test_rl_on_two_processes_is_one_job(tmp_path, tiny_model_path):
+    run_dir = tmp_path / "rl"
+    _etagent(
+        "rl", "--model", str(tiny_model_path), "--max-steps", "2", "--run-dir", str(run_dir),
+        "--set", "threads=1", "--set", "logging.report_to=none", "--set", "agent.tools.enabled=[search]",
+        "--set", "agent.budget.max_new_tokens_per_call=16", "--set", "agent.budget.max_response_tokens=48",
+        "--set", "num_generations=2", "--set", "arpo.n=2", "--set", "arpo.initial_rollouts=1",
+        "--set", "questions_per_step=2", "--set", "micro_batch_size=2",
+        processes=2,
+    )  # fmt: skip
+    assert _steps(run_dir) == [1, 2]
+    _complete(run_dir / "model")
+    summary = json.loads((run_dir / "rl_summary.json").read_text())
+    assert summary["steps"] == 2
+
+
+def test_a_job_of_several_processes_needs_one_run_directory(monkeypatch):
+    from etagent.config import ConfigError
+    from etagent.rundir import new_run_dir
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="give them one run directory with --run-dir"):
+        new_run_dir("rl")
+
+
+def test_rl_sizes_are_global_and_groups_stay_whole():
+    from etagent.rl.config import RLConfig
+
+    cfg = RLConfig.model_validate(
+        {"num_generations": 4, "use_arpo": False, "questions_per_step": 4, "micro_batch_size": 4}
+    )
+    assert cfg.gradient_accumulation_steps(1) == 4 and cfg.gradient_accumulation_steps(2) == 2
+    with pytest.raises(ValueError, match="must be divisible by"):
+        cfg.gradient_accumulation_steps(3)
+    split = cfg.model_copy(update={"micro_batch_size": 2})
+    with pytest.raises(ValueError, match="each process rolls out whole groups"):
+        split.gradient_accumulation_steps(2)
