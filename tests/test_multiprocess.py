@@ -73,20 +73,24 @@ def test_sft_on_two_processes_is_one_job_with_the_global_batch_of_one(tmp_path, 
         assert (w2[name] - w1[name]).abs().max() < 1e-4, name
 
 
-def test_rl_on_two_processes_is_one_job(tmp_path, tiny_model_path):
+def test_rl_on_two_processes_is_one_job_and_resumes(tmp_path, tiny_model_path):
     run_dir = tmp_path / "rl"
-    _etagent(
-        "rl", "--model", str(tiny_model_path), "--max-steps", "2", "--run-dir", str(run_dir),
+    rl = (
+        "rl", "--model", str(tiny_model_path), "--run-dir", str(run_dir),
         "--set", "threads=1", "--set", "logging.report_to=none", "--set", "agent.tools.enabled=[search]",
         "--set", "agent.budget.max_new_tokens_per_call=16", "--set", "agent.budget.max_response_tokens=48",
         "--set", "num_generations=2", "--set", "arpo.n=2", "--set", "arpo.initial_rollouts=1",
-        "--set", "questions_per_step=2", "--set", "micro_batch_size=2",
-        processes=2,
+        "--set", "questions_per_step=2", "--set", "micro_batch_size=2", "--set", "save_steps=1",
     )  # fmt: skip
+    _etagent(*rl, "--max-steps", "2", processes=2)
     assert _steps(run_dir) == [1, 2]
     _complete(run_dir / "model")
+    assert json.loads((run_dir / "rl_summary.json").read_text())["steps"] == 2
+    # both processes resume from the shared checkpoint; the log goes on without repeating a step
+    _etagent(*rl, "--max-steps", "3", processes=2)
+    assert _steps(run_dir) == [1, 2, 3]
     summary = json.loads((run_dir / "rl_summary.json").read_text())
-    assert summary["steps"] == 2
+    assert summary["steps"] == 3 and summary["resumed_from"].endswith("checkpoint-2")
 
 
 def test_a_job_of_several_processes_needs_one_run_directory(monkeypatch):

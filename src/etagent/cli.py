@@ -80,12 +80,15 @@ def _load(
 
 
 def _setup_logging(verbose: bool = False) -> None:
+    from etagent.runtime import process_rank
+
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    logging.getLogger("etagent").setLevel(logging.INFO)
+    # in a job of several processes the main one reports progress; the others only problems
+    logging.getLogger("etagent").setLevel(logging.INFO if process_rank() == 0 else logging.WARNING)
 
 
 def _summary_table(title: str, summaries: dict[str, dict[str, Any]]) -> Table:

@@ -45,7 +45,7 @@ from etagent.rl.config import RLConfig
 from etagent.rl.samples import PolicyRollout, batch_rewards, reward_metrics, split_groups, to_policy_sample
 from etagent.scoring.correctness import AnswerCheck
 from etagent.tools.base import Tool
-from etagent.train.save import save_once
+from etagent.train.save import save_trainer_model
 
 log = logging.getLogger("etagent.rl")
 
@@ -459,11 +459,8 @@ def run_rl(
             trainer.rollout_func.rollout.loop.close()  # and the tools it built
     elapsed = time.perf_counter() - t0
 
-    def save(tmp: Path) -> None:
-        trainer.save_model(str(tmp))
-
     model_dir = run_dir / MODEL_DIR
-    save_once(trainer, model_dir, save, lambda p: False)
+    save_trainer_model(trainer, model_dir)
     records = [obj for _, obj in iter_jsonl(run_dir / TRAIN_LOG)] if (run_dir / TRAIN_LOG).exists() else []
     step_times = [r["step_seconds"] for r in records if r.get("step_seconds") is not None]
     summary = {
