@@ -39,6 +39,7 @@ from typing import Any
 
 from etagent import runtime
 from etagent.backends.base import Generator
+from etagent.config import ConfigError
 from etagent.io import JsonlAppender, atomic_write_json, atomic_write_jsonl, iter_jsonl
 from etagent.records import Question, Trajectory
 from etagent.rl.config import RLConfig
@@ -414,7 +415,22 @@ def build_trainer(
         rollout_func=rollout_func,
         callbacks=[_jsonl_callback(writer)],
     )
+    _refuse_sharded_policy(trainer)
     return trainer, writer
+
+
+def _refuse_sharded_policy(trainer: Any) -> None:
+    """The policy engine decodes with the trainer's own weights, which ZeRO-3 and FSDP shard
+    across processes: refuse rather than generate from a shard."""
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    sharded = getattr(trainer, "is_fsdp_enabled", False) or (
+        plugin is not None and getattr(plugin, "zero_stage", 0) == 3
+    )
+    if sharded:
+        raise ConfigError(
+            "rl: the policy rollout engine decodes with the trainer's weights, which ZeRO-3 / FSDP "
+            "shard across processes; use DDP or ZeRO-2 (configs/accelerate/ddp.yaml, zero2.yaml)"
+        )
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
