@@ -66,7 +66,8 @@ class Segment(BaseModel):
     top_logprobs: list[dict[int, float]] | None = None
 
 
-FinishReason = Literal["answer", "eos", "length", "tool_budget", "response_budget", "error"]
+#: "context": the prompt and response filled the model's context window (the server's limit)
+FinishReason = Literal["answer", "eos", "length", "tool_budget", "response_budget", "context", "error"]
 
 
 class Trajectory(BaseModel):

@@ -238,3 +238,59 @@ def test_works_inside_a_running_event_loop(server_url, scripted_gen):
         assert asyncio.run(main()) == (" done", " done")
     finally:
         gen.close()
+
+
+def small_context_app(tokenizer, context: int, asked: list[int]) -> FastAPI:
+    """A vLLM-like server with a ``context``-token window: it lists ``max_model_len``, answers 400
+    when prompt + max_tokens exceed the window, and otherwise writes ``max_tokens`` tokens."""
+    app = FastAPI()
+
+    @app.get("/v1/models")
+    def models() -> dict:
+        return {"object": "list", "data": [{"id": "small", "object": "model", "max_model_len": context}]}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> dict:
+        body = await request.json()
+        prompt = body["prompt"]
+        n_prompt = len(prompt) if isinstance(prompt, list) else len(tokenizer.encode(prompt, add_special_tokens=False))
+        if n_prompt + body["max_tokens"] > context:
+            raise HTTPException(400, f"maximum context length is {context} tokens")
+        asked.append(body["max_tokens"])
+        ids = tokenizer.encode(" a" * body["max_tokens"], add_special_tokens=False)[: body["max_tokens"]]
+        return {
+            "choices": [
+                {"index": 0, "text": tokenizer.decode(ids), "finish_reason": "length", "token_ids": ids, "stop_reason": None}
+            ]
+        }
+
+    return app
+
+
+def test_requests_fit_the_servers_context_window(tokenizer):
+    """A request never asks for more than the window leaves (the server would answer 400); what
+    the window cuts, or a prompt that already fills it, ends with finish reason 'context'."""
+    from etagent.loop.agent_loop import AgentLoop, BudgetConfig
+    from etagent.records import Question
+
+    asked: list[int] = []
+    with serve_in_thread(small_context_app(tokenizer, 200, asked)) as url:
+        gen = OpenAIGenerator(url, tokenizer, max_retries=0, send_token_ids=True)
+        try:
+            prompt = tokenizer.encode("word " * 40, add_special_tokens=False)
+            (c,) = gen.generate([prompt], greedy(max_new_tokens=500))[0]
+            assert gen.context_tokens == 200 and asked == [200 - len(prompt)]
+            assert c.finish_reason == "context" and len(c.token_ids) == 200 - len(prompt)
+            full = tokenizer.encode("word " * 250, add_special_tokens=False)
+            (c,) = gen.generate([full], greedy(max_new_tokens=10))[0]
+            assert c.finish_reason == "context" and c.token_ids == [] and len(asked) == 1  # not sent
+            # in the agent loop the trajectory ends with that reason instead of failing the rollout
+            loop = AgentLoop(gen, {}, budget=BudgetConfig(max_new_tokens_per_call=512, max_response_tokens=4096))
+            try:
+                (traj,) = loop.run([Question(id="q", question="Say a lot.", answer="a")])
+            finally:
+                loop.close()
+            assert traj.finish_reason == "context"
+            assert len(traj.prompt_ids) + len(traj.response_ids) == 200
+        finally:
+            gen.close()

@@ -10,7 +10,8 @@ Contract every backend keeps, so the agent loop needs no special cases:
 - ``tokenizer.decode(token_ids) == text`` (token ids are trimmed/re-encoded at a stop string that
   ends mid-token);
 - ``finish_reason`` is "stop" (a stop string), "eos" (the end-of-sequence token, not included in
-  text or ids) or "length".
+  text or ids), "length" (the call's token limit) or "context" (the model's context window is
+  full: the sequence cannot grow further).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ Message = dict[str, str]
 #: with the generation prompt added).
 Prompt = list[int] | list[Message]
 
-FinishReason = Literal["stop", "eos", "length"]
+FinishReason = Literal["stop", "eos", "length", "context"]
 
 
 @dataclass

@@ -29,6 +29,7 @@ Servers differ; the answers are normalised to the contract in ``base.py``:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import weakref
@@ -65,6 +66,13 @@ class OpenAIConfig(ConfigModel):
     timeout_s: float = Field(300.0, gt=0)
     max_retries: int = Field(3, ge=0, description="retries with exponential backoff on connection errors/5xx")
     send_token_ids: bool = Field(False, description="send prompts as token ids (vLLM/SGLang) instead of text")
+    context_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="the served model's context window; None = the server's max_model_len from /v1/models "
+        "(vLLM), else unknown. Requests are capped to fit it; a prompt that fills it ends its trajectory "
+        "with finish reason 'context'",
+    )
 
 #: vLLM extensions we ask for; other servers ignore unknown fields or reject them (then we retry
 #: without). return_tokens_as_token_ids turns logprob tokens into "token_id:123" strings.
@@ -110,6 +118,7 @@ class OpenAIGenerator(Generator):
         timeout_s: float = 300.0,
         max_retries: int = 3,
         send_token_ids: bool = False,
+        context_tokens: int | None = None,
         name: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
@@ -120,10 +129,12 @@ class OpenAIGenerator(Generator):
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.send_token_ids = send_token_ids
+        self.context_tokens = context_tokens
         self.name = name or f"openai:{self.base_url}"
         eos = tokenizer.eos_token_id
         self.eos_ids: set[int] = {eos} if isinstance(eos, int) else set(eos or [])
         self.send_extras = True  # cleared when the server rejects the vLLM fields
+        self._listed = False  # GET /models asked once
         self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
             weakref.WeakKeyDictionary()
         )
@@ -147,6 +158,7 @@ class OpenAIGenerator(Generator):
             timeout_s=o.timeout_s,
             max_retries=o.max_retries,
             send_token_ids=o.send_token_ids,
+            context_tokens=o.context_tokens,
         )
 
     # ----------------------------------------------------------------------------- event loop
@@ -213,13 +225,18 @@ class OpenAIGenerator(Generator):
             raise
 
     async def model_name(self) -> str:
-        """``served_model``, or the first model the server lists (looked up once)."""
-        if self.served_model is None:
+        """``served_model``, or the first model the server lists (looked up once, with its context
+        window where the server says it: vLLM's ``max_model_len``)."""
+        if self.served_model is None or (self.context_tokens is None and not self._listed):
             page = await self._call(lambda client: client.models.list())
-            models = [m.id for m in page.data]
-            if not models:
+            self._listed = True
+            if not page.data:
                 raise BackendResponseError(f"the server at {self.base_url} lists no models (GET /models)")
-            self.served_model = models[0]
+            served = self.served_model or page.data[0].id
+            card = next((m for m in page.data if m.id == served), page.data[0])
+            self.served_model = served
+            if self.context_tokens is None and isinstance(getattr(card, "max_model_len", None), int):
+                self.context_tokens = card.max_model_len
         return self.served_model
 
     async def _call(self, make: Any) -> Any:
@@ -259,13 +276,27 @@ class OpenAIGenerator(Generator):
         # the prompt's end, for inferring a dropped stop string whose opening tag was prefilled
         tail = payload if isinstance(payload, str) else self.tokenizer.decode(payload[-256:])
         tail = tail[-2000:]
+        room = self._room(prompt)
+        if room is not None and room <= 0:  # the server would answer 400: nothing more fits
+            return [Completion("", [], "context") for _ in range(params.n)]
+        capped = room is not None and room < params.max_new_tokens
+        if capped:
+            params = dataclasses.replace(params, max_new_tokens=room)
         out: list[Completion] = []
         while len(out) < params.n:  # servers without n support (llama.cpp) answer with one choice
             choices = await self._request(model, payload, params, params.n - len(out))
             if not choices:
                 raise BackendResponseError(f"the server at {self.base_url} returned no choices")
             out.extend(normalise_choice(self.tokenizer, c, params, self.eos_ids, tail) for c in choices)
+        if capped:  # cut by the context window, not by the caller's limit
+            out = [dataclasses.replace(c, finish_reason="context") if c.finish_reason == "length" else c for c in out]
         return out[: params.n]
+
+    def _room(self, prompt: Prompt) -> int | None:
+        """Tokens the context window leaves after ``prompt`` (None: the window is unknown)."""
+        if self.context_tokens is None:
+            return None
+        return self.context_tokens - len(self.prompt_ids(prompt))
 
     async def _request(self, model: str, payload: Any, params: SamplingParams, n: int) -> list[dict]:
         kwargs: dict[str, Any] = {

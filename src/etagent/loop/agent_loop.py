@@ -412,6 +412,11 @@ class AgentLoop:
     def _absorb(self, s: LoopState, comp: Completion, stops: list[str]) -> _PendingTool | None:
         """Append a completion; return the tool call it ends with, or None if the turn ends here."""
         traj = s.traj
+        if comp.finish_reason == "context":  # the model cannot write more: the trajectory ends here
+            if comp.token_ids:
+                self._append_model(s, comp, stops)
+            traj.finish_reason = "context"
+            return None
         room = self.budget.max_response_tokens - s.response_len
         over = len(comp.token_ids) > room
         if over:  # the batch shares one max_new_tokens; enforce this row's own budget
