@@ -291,6 +291,7 @@ def test_requests_fit_the_servers_context_window(tokenizer):
             finally:
                 loop.close()
             assert traj.finish_reason == "context"
+            assert traj.model == f"openai:small@{url}"  # the served model, not only the URL
             assert len(traj.prompt_ids) + len(traj.response_ids) == 200
         finally:
             gen.close()

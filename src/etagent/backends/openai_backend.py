@@ -130,7 +130,8 @@ class OpenAIGenerator(Generator):
         self.max_retries = max_retries
         self.send_token_ids = send_token_ids
         self.context_tokens = context_tokens
-        self.name = name or f"openai:{self.base_url}"
+        self._fixed_name = name
+        self.name = name or self._default_name()
         eos = tokenizer.eos_token_id
         self.eos_ids: set[int] = {eos} if isinstance(eos, int) else set(eos or [])
         self.send_extras = True  # cleared when the server rejects the vLLM fields
@@ -235,6 +236,7 @@ class OpenAIGenerator(Generator):
             served = self.served_model or page.data[0].id
             card = next((m for m in page.data if m.id == served), page.data[0])
             self.served_model = served
+            self.name = self._fixed_name or self._default_name()
             if self.context_tokens is None and isinstance(getattr(card, "max_model_len", None), int):
                 self.context_tokens = card.max_model_len
         return self.served_model
@@ -291,6 +293,10 @@ class OpenAIGenerator(Generator):
         if capped:  # cut by the context window, not by the caller's limit
             out = [dataclasses.replace(c, finish_reason="context") if c.finish_reason == "length" else c for c in out]
         return out[: params.n]
+
+    def _default_name(self) -> str:
+        """``openai:<served model>@<url>`` (the trajectories' ``model``); the model part once known."""
+        return f"openai:{self.served_model}@{self.base_url}" if self.served_model else f"openai:{self.base_url}"
 
     def _room(self, prompt: Prompt) -> int | None:
         """Tokens the context window leaves after ``prompt`` (None: the window is unknown)."""

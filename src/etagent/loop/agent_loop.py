@@ -164,11 +164,12 @@ class AgentLoop:
         """A new trajectory in flight; :meth:`step` advances a batch of them one turn."""
         return LoopState(self.new_trajectory(question, sample_index))
 
-    @staticmethod
-    def finish(state: LoopState) -> Trajectory:
-        """Close a trajectory that :meth:`step` no longer returns: timing and prediction."""
+    def finish(self, state: LoopState) -> Trajectory:
+        """Close a trajectory that :meth:`step` no longer returns: timing, prediction, and the
+        generator's name as it is now (a server's model name is known after its first answer)."""
         state.traj.timings["total_s"] = time.perf_counter() - state.started
         state.traj.prediction = tags.extract_answer(state.traj.response_text)
+        state.traj.model = getattr(self.generator, "name", "") or state.traj.model
         return state.traj
 
     def run(self, questions: list[Question], n: int = 1) -> list[Trajectory]:

@@ -257,7 +257,7 @@ class ArpoRollout:
             call.round_rows.append(len(active))
             call.round_s.append(time.perf_counter() - t_round)
             self._measure_entropy(call, active, before)
-            survivors = _finish_ended(active, live)
+            survivors = _finish_ended(self.loop, active, live)
             children = self._branch(call, survivors)
             running = survivors + children
             fresh = self._refill(call, running)
@@ -451,12 +451,12 @@ class ArpoRollout:
         return b
 
 
-def _finish_ended(active: list[_Branch], live: set[int]) -> list[_Branch]:
+def _finish_ended(loop: AgentLoop, active: list[_Branch], live: set[int]) -> list[_Branch]:
     """Close the branches whose state the loop no longer returned (``live``: ids of the states it
     returned); the others, in order."""
     for b in active:
         if id(b.state) not in live:
-            AgentLoop.finish(b.state)
+            loop.finish(b.state)
             b.done = True
     return [b for b in active if id(b.state) in live]
 
