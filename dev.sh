@@ -11,7 +11,7 @@ bash scripts/bootstrap.sh
 case "$cmd" in
   demo) exec .venv/bin/etagent demo "$@" ;;
   test)
-    .venv/bin/ruff check src tests benchmarks examples
+    .venv/bin/ruff check src tests benchmarks examples scripts
     exec .venv/bin/python -m pytest "$@" ;;
   *) echo "usage: ./dev.sh demo|test [args...]" >&2; exit 2 ;;
 esac
