@@ -121,10 +121,11 @@ def test_atomic_write_never_exposes_a_partial_file(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
-SHIPPED_CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+CONFIGS = Path(__file__).parents[1] / "configs"
+SHIPPED_CONFIGS = sorted([*CONFIGS.glob("*.yaml"), *(CONFIGS / "scale").glob("*.yaml")])
 
 
-@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_every_shipped_config_loads_into_its_stage_config(path):
     """configs/<stage>_*.yaml is what users copy: each must validate against its stage's model."""
     from etagent.eval.stage import EvalConfig
