@@ -295,3 +295,43 @@ def test_requests_fit_the_servers_context_window(tokenizer):
             assert len(traj.prompt_ids) + len(traj.response_ids) == 200
         finally:
             gen.close()
+
+
+def counting_app(tokenizer, seen: dict) -> FastAPI:
+    """A slow server that records how many requests it had in flight at most, and how many in all."""
+    app = FastAPI()
+    seen.update(now=0, most=0, total=0)
+
+    @app.get("/v1/models")
+    def models() -> dict:
+        return {"object": "list", "data": [{"id": "m", "object": "model"}]}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> dict:
+        await request.json()
+        seen["now"] += 1
+        seen["total"] += 1
+        seen["most"] = max(seen["most"], seen["now"])
+        await asyncio.sleep(0.05)
+        seen["now"] -= 1
+        ids = tokenizer.encode(" ok", add_special_tokens=False)
+        return {"choices": [{"index": 0, "text": " ok", "finish_reason": "length", "token_ids": ids}]}
+
+    return app
+
+
+def test_several_servers_share_the_load_within_their_slots(tokenizer):
+    """Requests go to the least busy of several servers; each server never has more than
+    ``concurrency`` in flight (the others wait: back-pressure)."""
+    a, b = {}, {}
+    with serve_in_thread(counting_app(tokenizer, a)) as url_a, serve_in_thread(counting_app(tokenizer, b)) as url_b:
+        gen = OpenAIGenerator([url_a, url_b], tokenizer, max_retries=0, concurrency=2, send_token_ids=True)
+        try:
+            prompts = [tokenizer.encode(f"prompt {i}", add_special_tokens=False) for i in range(24)]
+            outs = gen.generate(prompts, greedy(max_new_tokens=2))
+        finally:
+            gen.close()
+    assert len(outs) == 24 and all(o[0].text == " ok" for o in outs)
+    assert a["total"] + b["total"] == 24 and min(a["total"], b["total"]) >= 8  # both used, about evenly
+    assert a["most"] <= 2 and b["most"] <= 2
+    assert gen.name.endswith("+1")

@@ -59,10 +59,16 @@ log = logging.getLogger(__name__)
 class OpenAIConfig(ConfigModel):
     """Any OpenAI-compatible completions server (vLLM, SGLang, llama.cpp, etagent serve-model)."""
 
-    base_url: str = "http://127.0.0.1:8000/v1"
+    base_url: str | list[str] = Field(
+        "http://127.0.0.1:8000/v1",
+        description="the server, or several serving the same model: each request goes to the one with "
+        "the fewest requests in flight",
+    )
     api_key: str = "EMPTY"
     served_model: str | None = Field(None, description="model name to request; None = first of /v1/models")
-    concurrency: int = Field(32, ge=1, description="requests in flight at once")
+    concurrency: int = Field(
+        32, ge=1, description="requests in flight at once per server; more wait (back-pressure)"
+    )
     timeout_s: float = Field(300.0, gt=0)
     max_retries: int = Field(3, ge=0, description="retries with exponential backoff on connection errors/5xx")
     send_token_ids: bool = Field(False, description="send prompts as token ids (vLLM/SGLang) instead of text")
@@ -96,9 +102,19 @@ class BackendResponseError(RuntimeError):
 
 
 @dataclass
-class _LoopState:
+class _Server:
+    """One server as seen from one event loop: its client, its request slots, what is in flight."""
+
+    url: str
     client: Any
     semaphore: asyncio.Semaphore
+    in_flight: int = 0
+
+
+@dataclass
+class _LoopState:
+    servers: list[_Server]
+    turn: int = 0  # round-robin among equally busy servers
 
 
 class OpenAIGenerator(Generator):
@@ -109,7 +125,7 @@ class OpenAIGenerator(Generator):
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | list[str],
         tokenizer: Any,
         *,
         api_key: str = "EMPTY",
@@ -121,7 +137,11 @@ class OpenAIGenerator(Generator):
         context_tokens: int | None = None,
         name: str | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        if not urls:
+            raise ValueError("base_url: give at least one server")
+        self.base_urls = [u.rstrip("/") for u in urls]
+        self.base_url = self.base_urls[0]  # the one asked for the model list
         self.tokenizer = tokenizer
         self.api_key = api_key
         self.served_model = served_model
@@ -179,21 +199,35 @@ class OpenAIGenerator(Generator):
             raise
 
     def _state(self) -> _LoopState:
-        """The client and semaphore of the running loop (httpx connections belong to one loop)."""
+        """The servers' clients and slots for the running loop (httpx connections belong to one loop)."""
         loop = asyncio.get_running_loop()
         state = self._states.get(loop)
         if state is None:
             from openai import AsyncOpenAI
 
-            client = AsyncOpenAI(
-                base_url=self.base_url,
-                api_key=self.api_key,
-                timeout=self.timeout_s,
-                max_retries=self.max_retries,
-            )
-            state = _LoopState(client, asyncio.Semaphore(self.concurrency))
+            servers = [
+                _Server(
+                    url,
+                    AsyncOpenAI(
+                        base_url=url, api_key=self.api_key, timeout=self.timeout_s, max_retries=self.max_retries
+                    ),
+                    asyncio.Semaphore(self.concurrency),
+                )
+                for url in self.base_urls
+            ]
+            state = _LoopState(servers)
             self._states[loop] = state
         return state
+
+    @staticmethod
+    def _pick(state: _LoopState, first_only: bool = False) -> _Server:
+        """The server with the fewest requests in flight (ties in turn)."""
+        if first_only or len(state.servers) == 1:
+            return state.servers[0]
+        n = len(state.servers)
+        order = [state.servers[(state.turn + k) % n] for k in range(n)]
+        state.turn = (state.turn + 1) % n
+        return min(order, key=lambda s: s.in_flight)
 
     def close(self) -> None:
         """Close the HTTP connections and stop the private event loop."""
@@ -202,7 +236,8 @@ class OpenAIGenerator(Generator):
             return
         state = self._states.pop(loop, None)
         if state is not None:
-            asyncio.run_coroutine_threadsafe(state.client.close(), loop).result(timeout=10)
+            for server in state.servers:
+                asyncio.run_coroutine_threadsafe(server.client.close(), loop).result(timeout=10)
         loop.call_soon_threadsafe(loop.stop)
         if self._thread is not None:
             self._thread.join(timeout=10)
@@ -229,7 +264,7 @@ class OpenAIGenerator(Generator):
         """``served_model``, or the first model the server lists (looked up once, with its context
         window where the server says it: vLLM's ``max_model_len``)."""
         if self.served_model is None or (self.context_tokens is None and not self._listed):
-            page = await self._call(lambda client: client.models.list())
+            page = await self._call(lambda client: client.models.list(), first_only=True)
             self._listed = True
             if not page.data:
                 raise BackendResponseError(f"the server at {self.base_url} lists no models (GET /models)")
@@ -241,29 +276,32 @@ class OpenAIGenerator(Generator):
                 self.context_tokens = card.max_model_len
         return self.served_model
 
-    async def _call(self, make: Any) -> Any:
+    async def _call(self, make: Any, first_only: bool = False) -> Any:
         import openai
 
-        state = self._state()
-        async with state.semaphore:
-            try:
-                return await make(state.client)
-            except openai.APITimeoutError:
-                raise BackendUnavailableError(
-                    f"the OpenAI-compatible server at {self.base_url} did not answer within "
-                    f"{self.timeout_s:g} s ({self.max_retries} retries); raise backend.openai.timeout_s "
-                    "or lower backend.openai.concurrency"
-                ) from None
-            except openai.APIConnectionError as e:
-                raise BackendUnavailableError(
-                    f"the OpenAI-compatible server at {self.base_url} is unreachable after "
-                    f"{self.max_retries} retries ({_short(e.__cause__ or e, 120)}); is it running? "
-                    "(backend.openai.base_url)"
-                ) from None
-            except openai.APIStatusError as e:
-                raise BackendResponseError(
-                    f"the server at {self.base_url} answered HTTP {e.status_code}: {_short(_error_text(e))}"
-                ) from None
+        server = self._pick(self._state(), first_only)
+        server.in_flight += 1  # counted while waiting for a slot too: the queue is the load
+        try:
+            async with server.semaphore:
+                return await make(server.client)
+        except openai.APITimeoutError:
+            raise BackendUnavailableError(
+                f"the OpenAI-compatible server at {server.url} did not answer within "
+                f"{self.timeout_s:g} s ({self.max_retries} retries); raise backend.openai.timeout_s "
+                "or lower backend.openai.concurrency"
+            ) from None
+        except openai.APIConnectionError as e:
+            raise BackendUnavailableError(
+                f"the OpenAI-compatible server at {server.url} is unreachable after "
+                f"{self.max_retries} retries ({_short(e.__cause__ or e, 120)}); is it running? "
+                "(backend.openai.base_url)"
+            ) from None
+        except openai.APIStatusError as e:
+            raise BackendResponseError(
+                f"the server at {server.url} answered HTTP {e.status_code}: {_short(_error_text(e))}"
+            ) from None
+        finally:
+            server.in_flight -= 1
 
     async def _complete(self, model: str, prompt: Prompt, params: SamplingParams) -> list[Completion]:
         if prompt and isinstance(prompt[0], dict):
@@ -296,7 +334,8 @@ class OpenAIGenerator(Generator):
 
     def _default_name(self) -> str:
         """``openai:<served model>@<url>`` (the trajectories' ``model``); the model part once known."""
-        return f"openai:{self.served_model}@{self.base_url}" if self.served_model else f"openai:{self.base_url}"
+        where = self.base_url + (f"+{len(self.base_urls) - 1}" if len(self.base_urls) > 1 else "")
+        return f"openai:{self.served_model}@{where}" if self.served_model else f"openai:{where}"
 
     def _room(self, prompt: Prompt) -> int | None:
         """Tokens the context window leaves after ``prompt`` (None: the window is unknown)."""
