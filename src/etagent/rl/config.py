@@ -59,9 +59,7 @@ class RLConfig(ConfigModel):
     use_arpo: bool = Field(True, description="ARPO branching rollouts; False: independent samples")
     arpo: ArpoConfig = Field(default_factory=ArpoConfig)
     num_generations: int = Field(16, ge=2, description="trajectories per question (the GRPO group)")
-    questions_per_step: int = Field(
-        2, ge=1, description="questions rolled out per step, all processes together (reference: 64)"
-    )
+    questions_per_step: int = Field(2, ge=1, description="questions per step, all processes together (reference: 64)")
     mini_batches: int = Field(
         1,
         ge=1,
