@@ -23,7 +23,6 @@ from etagent.records import Question
 
 if TYPE_CHECKING:
     from etagent.backends.base import Generator
-    from etagent.config import ConfigModel
     from etagent.tools.config import ToolsConfig
 
 #: one prompt example: (question text, the whole trajectory text with real tool results)
@@ -38,8 +37,6 @@ class Task(ABC):
     """One domain's questions and knowledge. Subclasses set ``name`` and implement :meth:`questions`."""
 
     name: ClassVar[str] = "task"
-    #: settings of the oracle (``backend.expert`` in a config); None = no settings
-    oracle_config: ClassVar[type[ConfigModel] | None] = None
 
     @abstractmethod
     def splits(self) -> list[str]:
@@ -64,7 +61,8 @@ class Task(ABC):
         return None
 
     def oracle(self, tokenizer: str, settings: Any = None) -> Generator:
-        """A Generator that plays the task's expert (``backend.kind: expert``)."""
+        """A Generator that plays the task's expert (``backend.kind: expert``); ``settings`` is the
+        ``backend.expert`` section as given, which the task validates (a clear error names the field)."""
         raise TaskError(f"task {self.name!r} has no oracle (expert policy); use a model backend")
 
     def critic(self) -> Any:

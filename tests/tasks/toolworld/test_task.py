@@ -49,7 +49,6 @@ def test_corpus_is_the_worlds_own():
 
 def test_oracle_and_critic():
     task = ToolWorldTask(seed=2)
-    assert task.oracle_config is ExpertConfig
     policy = task.oracle("embedded")
     assert isinstance(policy, ExpertPolicy) and policy.world_seeds == [0, 2]
     assert (policy.redundant_rate, policy.missing_rate, policy.seed) == (0.0, 0.0, 0)

@@ -64,7 +64,6 @@ class ToolWorldTask(Task):
     """
 
     name: ClassVar[str] = "toolworld"
-    oracle_config: ClassVar[type[ExpertConfig]] = ExpertConfig
 
     def __init__(self, seed: int = 0):
         self.seed = seed
