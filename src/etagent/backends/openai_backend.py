@@ -151,6 +151,7 @@ class OpenAIGenerator(Generator):
         self.send_token_ids = send_token_ids
         self.context_tokens = context_tokens
         self._fixed_name = name
+        self.weights_version: str | None = None  # set by RL after each weight push to the servers
         self.name = name or self._default_name()
         eos = tokenizer.eos_token_id
         self.eos_ids: set[int] = {eos} if isinstance(eos, int) else set(eos or [])
@@ -332,10 +333,17 @@ class OpenAIGenerator(Generator):
             out = [dataclasses.replace(c, finish_reason="context") if c.finish_reason == "length" else c for c in out]
         return out[: params.n]
 
+    def set_weights_version(self, version: str) -> None:
+        """The servers now serve weights ``version`` (RL's weight sync); names later trajectories."""
+        self.weights_version = version
+        self.name = self._fixed_name or self._default_name()
+
     def _default_name(self) -> str:
-        """``openai:<served model>@<url>`` (the trajectories' ``model``); the model part once known."""
+        """``openai:<served model>@<url>[#<weights version>]`` (the trajectories' ``model``); the model
+        part once known."""
         where = self.base_url + (f"+{len(self.base_urls) - 1}" if len(self.base_urls) > 1 else "")
-        return f"openai:{self.served_model}@{where}" if self.served_model else f"openai:{where}"
+        name = f"openai:{self.served_model}@{where}" if self.served_model else f"openai:{where}"
+        return f"{name}#{self.weights_version}" if self.weights_version else name
 
     def _room(self, prompt: Prompt) -> int | None:
         """Tokens the context window leaves after ``prompt`` (None: the window is unknown)."""

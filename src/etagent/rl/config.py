@@ -25,6 +25,51 @@ class RLLoggingConfig(ConfigModel):
     )
 
 
+class ImportanceSamplingConfig(ConfigModel):
+    """TRL's correction for the gap between the sampler's and the trainer's log-probs (a vLLM server
+    in bf16 vs the trainer in fp32, or a server a weight version behind): each loss token is weighted
+    by the ratio trainer / sampler probability, truncated or masked outside [clip_min, clip_max]."""
+
+    enabled: bool = Field(
+        True, description="apply it with the vllm engines (the policy engine samples with the trainer's weights)"
+    )
+    mode: Literal["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"] = Field(
+        "token_truncate",
+        description="token_*: a ratio per token (suits multi-turn trajectories, whose many turns would "
+        "saturate a sequence-level ratio); sequence_*: one ratio per trajectory; *_truncate clips the "
+        "ratio, *_mask drops tokens outside the bounds",
+    )
+    clip_max: float = Field(3.0, gt=0, description="upper bound of the ratio (TRL's default)")
+    clip_min: float | None = Field(None, ge=0, description="lower bound (*_mask modes); None = none")
+
+
+class RolloutEngineConfig(ConfigModel):
+    """What samples RL's trajectories (docs/scaling.md)."""
+
+    engine: Literal["policy", "vllm_server"] = Field(
+        "policy",
+        description="policy: etagent's hf loop on the trainer's own weights (agent.backend.kind hf); "
+        "vllm_server: one or more vLLM servers through the openai backend (agent.backend.kind openai, "
+        "backend.openai.base_url), given the new weights after every update",
+    )
+    weight_sync: Literal["disk", "nccl"] = Field(
+        "disk",
+        description="vllm_server: how new weights reach the servers. disk: saved under sync_dir, then "
+        "each server reloads them (POST /collective_rpc reload_weights; works on CPU and GPU, any number "
+        "of servers; the servers run with VLLM_SERVER_DEV_MODE=1); nccl: TRL's NCCL broadcast to one "
+        "server started with --weight-transfer-config '{\"backend\": \"nccl\"}' (GPU only)",
+    )
+    sync_dir: str | None = Field(
+        None,
+        description="disk sync: a directory the servers can read (shared storage across nodes); "
+        "None = <run_dir>/rollout_weights",
+    )
+    sync_dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="disk sync: the dtype weights are written in (the servers' dtype)"
+    )
+    importance_sampling: ImportanceSamplingConfig = Field(default_factory=ImportanceSamplingConfig)
+
+
 def _rl_agent() -> AgentConfig:
     return AgentConfig(
         # reference RL: 6 calls in total, then the trajectory ends
@@ -51,10 +96,12 @@ class RLConfig(ConfigModel):
     agent: AgentConfig = Field(
         default_factory=_rl_agent,
         description="the policy's agent: backend.model is the policy to train (hf: decoded with the "
-        "trainer's weights, backend.hf.batch_size rows at once); budget per trajectory (reference RL: 6 "
-        "calls in total, then the trajectory ends); sampling (reference: T 1.0, top_p 1.0; keep seed "
-        "unset, the trainer seeds)",
+        "trainer's weights, backend.hf.batch_size rows at once; openai: the servers of "
+        "rollout.engine vllm_server, which serve the same weights); budget per trajectory (reference "
+        "RL: 6 calls in total, then the trajectory ends); sampling (reference: T 1.0, top_p 1.0; keep "
+        "seed unset, the trainer seeds)",
     )
+    rollout: RolloutEngineConfig = Field(default_factory=RolloutEngineConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
     use_arpo: bool = Field(True, description="ARPO branching rollouts; False: independent samples")
     arpo: ArpoConfig = Field(default_factory=ArpoConfig)
@@ -90,11 +137,21 @@ class RLConfig(ConfigModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> RLConfig:
-        if self.agent.backend.kind != "hf":
+        kind = self.agent.backend.kind
+        needed = {"policy": "hf", "vllm_server": "openai"}[self.rollout.engine]
+        if kind != needed:
             raise ValueError(
-                f"agent.backend.kind is {self.agent.backend.kind!r}: RL rolls out with the policy being "
-                "trained (kind hf; its model is the policy)"
+                f"agent.backend.kind is {kind!r}, but rollout.engine {self.rollout.engine} rolls out with "
+                f"backend kind {needed!r} (backend.model is the policy being trained either way)"
             )
+        if self.rollout.engine == "vllm_server" and self.rollout.weight_sync == "nccl":
+            urls = self.agent.backend.section().base_url
+            if not isinstance(urls, str) and len(urls) != 1:
+                raise ValueError(
+                    f"rollout.weight_sync nccl pushes to one server (TRL's client); agent.backend.openai."
+                    f"base_url lists {len(urls)}: use weight_sync disk, or one server with vLLM's own "
+                    "--data-parallel-size"
+                )
         if self.use_arpo and self.arpo.n != self.num_generations:
             raise ValueError(
                 f"arpo.n ({self.arpo.n}) must equal num_generations ({self.num_generations}): "

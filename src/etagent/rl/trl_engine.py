@@ -44,6 +44,7 @@ from etagent.io import JsonlAppender, atomic_write_json, atomic_write_jsonl, ite
 from etagent.records import Question, Trajectory
 from etagent.rl.config import RLConfig
 from etagent.rl.samples import PolicyRollout, batch_rewards, reward_metrics, split_groups, to_policy_sample
+from etagent.rl.weight_sync import ServerWeightSync, install_server_engine, server_root
 from etagent.scoring.correctness import AnswerCheck
 from etagent.tools.base import Tool
 from etagent.train.save import save_trainer_model
@@ -297,6 +298,7 @@ def grpo_args(cfg: RLConfig, run_dir: Path, use_cpu: bool, bf16: bool) -> Any:
 
     u = cfg.mini_batches
     accumulation = cfg.gradient_accumulation_steps(runtime.process_count())
+    engine = cfg.rollout
     return GRPOConfig(
         output_dir=str(run_dir / CHECKPOINTS),
         use_cpu=use_cpu,
@@ -325,11 +327,26 @@ def grpo_args(cfg: RLConfig, run_dir: Path, use_cpu: bool, bf16: bool) -> Any:
         scale_rewards="group",
         mask_truncated_completions=False,
         activation_checkpointing=cfg.gradient_checkpointing,
-        use_vllm=False,
+        # the trainer's log-probs are of the distribution that sampled (logits / T), as the server's
+        # processed log-probs are: importance ratios compare like with like (docs/scaling.md)
+        temperature=cfg.agent.sampling.temperature or 1.0,
+        # nccl: TRL's own client and broadcast; disk: installed after construction (weight_sync.py)
+        use_vllm=engine.engine == "vllm_server" and engine.weight_sync == "nccl",
+        vllm_mode="server",
+        vllm_server_base_url=_server_root(cfg) if engine.engine == "vllm_server" else None,
+        vllm_importance_sampling_correction=engine.importance_sampling.enabled,
+        vllm_importance_sampling_mode=engine.importance_sampling.mode,
+        vllm_importance_sampling_clip_max=engine.importance_sampling.clip_max,
+        vllm_importance_sampling_clip_min=engine.importance_sampling.clip_min,
         log_completions=False,
         disable_tqdm=False,
         dataloader_num_workers=0,
     )
+
+
+def _server_root(cfg: RLConfig) -> str:
+    urls = cfg.agent.backend.section().base_url
+    return server_root(urls if isinstance(urls, str) else urls[0])
 
 
 def _load_policy(cfg: RLConfig) -> tuple[Any, Any, bool]:
@@ -394,13 +411,18 @@ def build_trainer(
     agent = cfg.agent.model_copy(update={"sampling": sampling, "max_active": per_process})
 
     def make_rollout(trainer: Any) -> PolicyRollout:
-        gen = generator or HFGenerator(
-            trainer.model,
-            tokenizer,
-            batch_size=cfg.agent.backend.section().batch_size,
-            name=f"policy:{cfg.model}",
-        )
-        loop = build_agent(agent, data.task, generator=gen, tools=tools)
+        gen = generator
+        if gen is None and cfg.rollout.engine == "policy":
+            gen = HFGenerator(
+                trainer.model,
+                tokenizer,
+                batch_size=cfg.agent.backend.section().batch_size,
+                name=f"policy:{cfg.model}",
+            )
+        loop = build_agent(agent, data.task, generator=gen, tools=tools)  # vllm_server: the servers
+        sync = getattr(trainer, "vllm_generation", None)
+        if isinstance(sync, ServerWeightSync):
+            sync.generator = loop.generator  # trajectories record the weight version they came from
         return PolicyRollout(loop, cfg.num_generations, cfg.arpo if cfg.use_arpo else None)
 
     rollout_func = RolloutFunc(cfg, by_id, make_rollout, eos_id=tokenizer.eos_token_id)
@@ -415,7 +437,10 @@ def build_trainer(
         rollout_func=rollout_func,
         callbacks=[_jsonl_callback(writer)],
     )
-    _refuse_sharded_policy(trainer)
+    if cfg.rollout.engine == "policy":
+        _refuse_sharded_policy(trainer)
+    else:
+        install_server_engine(trainer, cfg, run_dir)
     return trainer, writer
 
 

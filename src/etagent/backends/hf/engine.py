@@ -20,6 +20,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -50,6 +51,13 @@ _MIN_SHARED_PREFIX = 16
 #: a 750-token shared prefix took 290 vs 365 ms at 16 rows, 174 vs 178 at 4, 149 vs 139 at 2 (two
 #: attention kernels and a merge per layer instead of one kernel)
 _MIN_SHARED_ROWS = 4
+
+
+def _is_tied(model: Any, name: str) -> bool:
+    """Whether parameter ``name`` shares its tensor with another parameter of ``model``."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    tensor = params.get(name)
+    return tensor is not None and any(p is tensor for n, p in params.items() if n != name)
 
 
 def _prefill_groups(new: list[int]) -> list[list[int]]:
@@ -497,6 +505,29 @@ class HFGenerator(Generator):
         """Forget cached prefixes (done automatically when the model's weights change)."""
         if self.prefix_store is not None:
             self.prefix_store.clear()
+
+    def reload_weights(self, folder: str | Path) -> int:
+        """Copy the weights saved in ``folder`` (``*.safetensors``, as ``save_pretrained`` writes
+        them, any dtype) into the model in place; returns the number of tensors loaded. Every
+        parameter must be there except those tied to another (``lm_head`` = embeddings)."""
+        from safetensors.torch import load_file
+
+        files = sorted(Path(folder).glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"{folder}: no *.safetensors files to load weights from")
+        state: dict[str, torch.Tensor] = {}
+        for file in files:
+            state.update(load_file(str(file)))
+        result = self.model.load_state_dict(state, strict=False)
+        tied = {name for name in result.missing_keys if _is_tied(self.model, name)}
+        missing = sorted(set(result.missing_keys) - tied)
+        if missing or result.unexpected_keys:
+            raise ValueError(
+                f"{folder}: weights do not match the served model (missing {missing[:5]}, "
+                f"unexpected {sorted(result.unexpected_keys)[:5]})"
+            )
+        self.clear_prefix_cache()
+        return len(state)
 
     # ------------------------------------------------------------------------------ decoding
     def _start(
