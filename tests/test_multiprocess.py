@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from etagent.backends.base import Completion, Generator, SamplingParams, trim_at_stop
 from tests.train.conftest import write_sft
 
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer_config.json")
@@ -114,3 +115,79 @@ def test_rl_sizes_are_global_and_groups_stay_whole():
     split = cfg.model_copy(update={"micro_batch_size": 2})
     with pytest.raises(ValueError, match="each process rolls out whole groups"):
         split.gradient_accumulation_steps(2)
+
+
+class _ScriptsBySample(Generator):
+    """A server-side policy whose answer depends only on the prompt and how often it was asked for
+    before: the k-th sample of a prompt writes script ``k % len(scripts)``, whatever else is in the
+    batch, so one process and two see the same groups."""
+
+    name = "scripts"
+
+    def __init__(self, tokenizer, scripts: list[str]):
+        self.tokenizer = tokenizer
+        self.scripts = scripts
+        self.asked: dict[tuple[int, ...], int] = {}
+        self.reloads = 0
+
+    def generate(self, prompts, params: SamplingParams):
+        out = []
+        for prompt in prompts:
+            key = tuple(self.prompt_ids(prompt))
+            group = []
+            for _ in range(params.n):
+                k = self.asked.get(key, 0)
+                self.asked[key] = k + 1
+                ids = self.tokenizer.encode(self.scripts[k % len(self.scripts)], add_special_tokens=False)
+                text, ids, stop, _ = trim_at_stop(self.tokenizer, ids[: params.max_new_tokens], params.stop)
+                group.append(Completion(text, ids, "stop" if stop else "eos", stop=stop, logprobs=[-0.5] * len(ids)))
+            out.append(group)
+        return out
+
+    def reload_weights(self, folder: str) -> int:
+        assert (Path(folder) / "model.safetensors").exists()
+        self.reloads += 1
+        return 0
+
+    def clear_prefix_cache(self) -> None:
+        pass
+
+
+def test_rl_with_the_server_engine_on_two_processes_equals_one_process(tmp_path, tiny_model_path, tokenizer):
+    from etagent.backends.server import create_app, serve_in_thread
+
+    short = "<think>Sure.</think><answer>\\boxed{42}</answer>"
+    long = "<think>Let me think about it for a while before answering.</think><answer>\\boxed{42}</answer>"
+    server = _ScriptsBySample(tokenizer, [short, long])
+    with serve_in_thread(create_app(server, "scripted", dev_mode=True)) as url:
+        def rl(run: str, processes: int, accumulation_hint: str) -> None:
+            _etagent(
+                "rl", "--model", str(tiny_model_path), "--run-dir", str(tmp_path / run), "--max-steps", "2",
+                "--set", "threads=1", "--set", "logging.report_to=none", "--set", "agent.tools.enabled=[search]",
+                "--set", "agent.backend.kind=openai", "--set", f"agent.backend.openai.base_url={url}",
+                "--set", "rollout.engine=vllm_server", "--set", "rollout.sync_dtype=float32",
+                "--set", "use_arpo=false", "--set", "num_generations=2", "--set", "questions_per_step=2",
+                "--set", f"micro_batch_size={accumulation_hint}", "--set", "learning_rate=1e-2",
+                "--set", "reward.extra_terms=[{name: model_tokens, weight: 1.0, options: {per: 4}}]",
+                processes=processes,
+            )  # fmt: skip
+
+        rl("two", 2, "2")  # each process: one question's group per step
+        rl("one", 1, "2")  # one process: both groups, accumulated
+    assert server.reloads == 4  # before each of 2 steps, by each run
+    logs = {}
+    for run in ("two", "one"):
+        assert _steps(tmp_path / run) == [1, 2]
+        _complete(tmp_path / run / "model")
+        logs[run] = [json.loads(line) for line in (tmp_path / run / "train_log.jsonl").read_text().splitlines()]
+    for a, b in zip(logs["two"], logs["one"], strict=True):
+        assert a["reward"] == pytest.approx(b["reward"], abs=1e-6)
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-3, abs=1e-8)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+    assert all(r["grad_norm"] > 1e-5 for r in logs["one"])  # the groups carried a learning signal
+    w2 = load_file(str(tmp_path / "two/model/model.safetensors"))
+    w1 = load_file(str(tmp_path / "one/model/model.safetensors"))
+    initial = load_file(str(tiny_model_path / "model.safetensors"))
+    assert any((w1[n] - initial[n]).abs().max() > 1e-4 for n in w1)
+    for name in w1:
+        assert (w2[name] - w1[name]).abs().max() < 1e-4, name
