@@ -49,6 +49,9 @@ class ToolCall(BaseModel):
     status: ToolStatus = "ok"
     latency_s: float = 0.0
     segment_index: int = -1  # index in Trajectory.segments of the inserted result
+    #: how the tool made the result, when it says (the search tool: pages read, the summariser's
+    #: call and latency; docs/run-directory.md 9.2); empty otherwise
+    meta: dict[str, Any] = Field(default_factory=dict)
 
 
 SegmentRole = Literal["model", "tool"]

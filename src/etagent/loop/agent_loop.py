@@ -495,8 +495,13 @@ class AgentLoop:
     def _run_tools(self, pending: list[_PendingTool]) -> None:
         def execute(p: _PendingTool) -> tuple[ToolResult, float]:
             t0 = time.perf_counter()
+            tool = self.tools[p.tool]
+            # a tool that wants the trajectory so far (the search summariser reads the question
+            # and the reasoning) defines call_in_context(content, trajectory); the trajectory is
+            # not changed until this call has returned
+            in_context = getattr(tool, "call_in_context", None)
             try:
-                result = self.tools[p.tool].call(p.content)
+                result = in_context(p.content, p.state.traj) if in_context else tool.call(p.content)
             except Exception as e:  # a tool bug must not end the run; the model sees the error
                 result = ToolResult(f"Tool {p.tool} failed: {type(e).__name__}: {e}", "error")
             return result, time.perf_counter() - t0
@@ -522,6 +527,7 @@ class AgentLoop:
                     status=result.status,
                     latency_s=latency,
                     segment_index=len(traj.segments) - 1,
+                    meta=dict(getattr(result, "meta", None) or {}),
                 )
             )
             traj.timings["tool_s"] = traj.timings.get("tool_s", 0.0) + latency

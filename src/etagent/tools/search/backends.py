@@ -1,4 +1,5 @@
-"""Build the retrieval backend a :class:`SearchConfig` names (local indexes are loaded or built here)."""
+"""Build the retrieval backend a :class:`SearchConfig` names (local indexes are loaded or built here;
+a web search backend reads its API keys from the environment here)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ def resolve_corpus(corpus: str | None) -> Path:
     if corpus is None:
         raise RetrieverError(
             "search.corpus is not set and the task has no corpus; set tools.search.corpus to a JSONL "
-            "file of {id, title, text} (or {id, contents})"
+            "file of {id, title, text} (or FlashRAG's {id, contents}), or use a web search backend"
         )
     return Path(corpus).expanduser()
 
@@ -44,4 +45,8 @@ def build_retriever(cfg: SearchConfig) -> Retriever:
         return make_client(
             cfg.url, api=cfg.api, timeout_s=cfg.timeout_s, retries=cfg.retries, backoff_s=cfg.retry_backoff_s
         )
+    if cfg.is_web:
+        from etagent.tools.search.config import web_backend_class
+
+        return web_backend_class(cfg.backend).from_config(cfg.web_section())  # type: ignore[no-any-return]
     raise ValueError(f"unknown search backend {cfg.backend!r}")

@@ -4,7 +4,10 @@ Rollouts repeat queries a lot (many samples of one question), and a remote dense
 costs tens of milliseconds per call, so results are kept on disk. Keys are (backend identity,
 normalised query, top_k); the identity names the corpus version, so an edited corpus never
 serves stale results. Values are the documents (not the formatted text), so changing how
-results are shown does not invalidate the cache.
+results are shown does not invalidate the cache. Web search hits are documents too (``id`` = URL,
+``text`` = snippet), cached the same way under the web backend's identity (which holds no key).
+
+:class:`PageCache` keeps the text extracted from the pages behind web hits, by URL.
 
 Concurrency is :class:`etagent.sqlite_store.SQLiteStore`'s (WAL, busy timeout, a connection per
 thread and process).
@@ -110,3 +113,60 @@ def _encode(docs: list[Doc]) -> str:
 
 def _decode(payload: str) -> list[Doc]:
     return [Doc.from_dict(d) for d in json.loads(payload)]
+
+
+# ---------------------------------------------------------------------------------------------
+# pages behind web hits
+
+_PAGE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS page_cache (
+    url TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    text TEXT NOT NULL,
+    error TEXT,
+    created REAL NOT NULL
+)
+"""
+
+
+def default_page_cache_path() -> Path:
+    from etagent.runtime import cache_dir
+
+    return cache_dir() / "search" / "page_cache.sqlite"
+
+
+class PageCache(SQLiteStore):
+    """URL -> the text extracted from the page (``kind`` html, pdf or text), or the reason it could
+    not be read. Failures are kept too, so a dead page is not fetched again by every rollout; the
+    reader decides how long a failure counts (``max_failure_age_s``)."""
+
+    SCHEMA = _PAGE_SCHEMA
+
+    def __init__(self, path: str | Path | None = None, *, busy_timeout_s: float = 60.0):
+        super().__init__(
+            path if path is not None else default_page_cache_path(), busy_timeout_s=busy_timeout_s
+        )
+
+    def get(self, url: str, max_failure_age_s: float = 0.0) -> tuple[str, str, str | None] | None:
+        """(kind, text, error) of a cached page; a failure older than ``max_failure_age_s`` is
+        not returned (it is fetched again)."""
+        row = (
+            self.conn()
+            .execute("SELECT kind, text, error, created FROM page_cache WHERE url = ?", (url,))
+            .fetchone()
+        )
+        if row is None:
+            return None
+        kind, text, error, created = row
+        if error is not None and time.time() - created > max_failure_age_s:
+            return None
+        return kind, text, error
+
+    def put(self, url: str, kind: str, text: str, error: str | None = None) -> None:
+        self.write_many(
+            "INSERT OR REPLACE INTO page_cache VALUES (?, ?, ?, ?, ?)",
+            [(url, kind, text, error, time.time())],
+        )
+
+    def __len__(self) -> int:
+        return int(self.conn().execute("SELECT COUNT(*) FROM page_cache").fetchone()[0])

@@ -1,12 +1,16 @@
 """Documents and corpora: the ``{id, title, text}`` JSONL format and the FlashRAG ``contents`` string.
 
-A corpus file holds one JSON object per line::
+A corpus file holds one JSON object per line, in etagent's shape::
 
     {"id": "hotpot-000001", "title": "Ed Wood (film)", "text": "Ed Wood is a 1994 ..."}
 
-FlashRAG and Search-R1 servers send a document as one ``contents`` string whose first line is
-the quoted title (``"Ed Wood (film)"\\nEd Wood is a 1994 ...``); :func:`parse_contents` and
-:func:`make_contents` convert between the two shapes.
+or in the FlashRAG / Search-R1 shape, one ``contents`` string whose first line is the (quoted)
+title::
+
+    {"id": "0", "contents": "\\"Ed Wood (film)\\"\\nEd Wood is a 1994 ..."}
+
+FlashRAG and Search-R1 servers send documents in that second shape too; :func:`parse_contents`
+and :func:`make_contents` convert between the two.
 """
 
 from __future__ import annotations
@@ -95,11 +99,14 @@ def corpus_version(path: str | Path) -> CorpusVersion:
     return CorpusVersion(p, st.st_size, st.st_mtime_ns)
 
 
+_SHAPES = '{"id", "title", "text"} or {"id", "contents"}'
+
+
 def _field(obj: dict[str, Any], name: str, where: str, required: bool) -> str:
     value = obj.get(name)
     if value is None:
         if required:
-            raise DataError(f'{where}: missing field \'{name}\' (a corpus line is {{"id", "title", "text"}})')
+            raise DataError(f"{where}: missing field '{name}' (a corpus line is {_SHAPES})")
         return ""
     if name == "id" and isinstance(value, int) and not isinstance(value, bool):
         return str(value)
@@ -111,16 +118,22 @@ def _field(obj: dict[str, Any], name: str, where: str, required: bool) -> str:
 def load_corpus(path: str | Path) -> list[Doc]:
     """Read a corpus JSONL file; any bad line raises :class:`DataError` naming the file and line.
 
-    ``id`` and ``text`` are required (an integer id is accepted and turned into a string),
-    ``title`` may be missing or empty. Ids must be unique because results and caches refer to them.
+    A line is ``{id, title, text}`` (``title`` may be missing or empty) or FlashRAG / Search-R1's
+    ``{id, contents}`` (title on the first line of ``contents``; a non-empty ``title`` field wins).
+    An integer id is accepted and turned into a string. Ids must be unique because results and
+    caches refer to them.
     """
     docs: list[Doc] = []
     seen: dict[str, int] = {}
     for lineno, obj in iter_jsonl(path):
         where = f"{path}:{lineno}"
         doc_id = _field(obj, "id", where, required=True)
-        text = _field(obj, "text", where, required=True)
-        title = _field(obj, "title", where, required=False)
+        if obj.get("text") is None and obj.get("contents") is not None:
+            title, text = parse_contents(_field(obj, "contents", where, required=True))
+            title = _field(obj, "title", where, required=False) or title
+        else:
+            text = _field(obj, "text", where, required=True)
+            title = _field(obj, "title", where, required=False)
         if not doc_id.strip():
             raise DataError(f"{where}: field 'id' is empty")
         if not text.strip() and not title.strip():
