@@ -163,5 +163,5 @@ def test_a_section_given_in_part_keeps_the_stage_defaults_of_the_rest(tmp_path):
     assert flywheel.agent.max_active == 64
     rl = load_config(RLConfig, None, ["agent.tools.enabled=[search]"])
     assert (rl.agent.budget.max_response_tokens, rl.agent.budget.on_budget) == (1024, "stop")
-    with pytest.raises(ConfigError, match="rollout.engine policy rolls out with backend kind"):
+    with pytest.raises(ConfigError, match=r"rollout\.engine policy rolls out with backend kind"):
         load_config(RLConfig, None, ["agent.backend.kind=openai"])
