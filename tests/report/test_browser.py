@@ -1,12 +1,14 @@
 """The HTML report in headless Chromium: loads without console errors, shows every part, filters.
 
-Driven over the DevTools protocol on a pipe (tests/report/cdp.py). Skips only when no Chromium
-is installed; CI installs it (scripts/bootstrap.sh with ETAGENT_WITH_BROWSER=1).
+Driven over the DevTools protocol on a pipe (tests/report/cdp.py). With ETAGENT_WITH_BROWSER=1
+(set by ./dev.sh test, which CI runs; scripts/bootstrap.sh then installs Chromium) these tests must
+run, and fail when no Chromium is there; without it they skip when Chromium is missing.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -16,8 +18,10 @@ from etagent.report.html import viewer_data
 from tests.report.cdp import Browser, find_chromium
 
 CHROMIUM = find_chromium()
+#: the installer was asked for the browser (./dev.sh test, CI): a missing one is a failure, not a skip
+BROWSER_REQUIRED = os.environ.get("ETAGENT_WITH_BROWSER") == "1"
 pytestmark = pytest.mark.skipif(
-    CHROMIUM is None,
+    CHROMIUM is None and not BROWSER_REQUIRED,
     reason="Chromium is not installed (apt-get install chromium, or set ETAGENT_CHROMIUM); CI installs it",
 )
 PAGE_SIZE = 5
@@ -49,6 +53,13 @@ def expected(two_runs) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def browser():
+    if CHROMIUM is None:
+        pytest.fail(
+            "ETAGENT_WITH_BROWSER=1 but no Chromium was found: scripts/bootstrap.sh could not install it "
+            "(it installs only as root with apt-get). Install it (apt-get install chromium) or point "
+            "ETAGENT_CHROMIUM at a Chromium binary.",
+            pytrace=False,
+        )
     with Browser(CHROMIUM) as b:
         yield b
 

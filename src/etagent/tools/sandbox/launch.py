@@ -4,7 +4,8 @@ See docs/sandbox.md for the threat model. In short, a bwrap worker sees a fresh 
 holding only ``/usr`` (plus the merged-/usr symlinks), a few files of ``/etc`` the dynamic loader
 needs, the base Python install and the virtual environment's site-packages (all read-only), and
 empty tmpfs mounts at ``/tmp`` (its working directory) and ``/dev/shm``. It has its own pid, network
-(no interfaces but loopback), IPC and UTS namespaces and none of the caller's environment.
+(no interfaces but loopback), IPC and UTS namespaces, none of the caller's environment, and a seccomp
+filter refusing the system calls model-written code never needs (``seccomp.py``).
 
 Two ways to run bwrap, picked by who we are:
 
@@ -35,11 +36,14 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from etagent.tools.sandbox import guard as guard_module
 from etagent.tools.sandbox import worker as worker_module
+from etagent.tools.sandbox.seccomp import UnsupportedArchitecture, build_filter, filter_pipe
 
 #: where each bound site-packages directory appears inside the sandbox (outside the host's layout,
 #: so nothing reveals or depends on where the project lives)
@@ -54,6 +58,9 @@ ETC_FILES = (
     "/etc/alternatives",
 )
 MERGED_USR_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+#: start of the marker every sandbox process of one launcher carries in its command line (the worker's
+#: settings); the guard finds a pool's sandboxes by it, and so do the tests
+MARKER_PREFIX = "etagent-sandbox:"
 #: uids handed out round-robin in root mode; a slot is reused only after this many sandboxes,
 #: long after any process that ran under it is gone
 UID_SLOTS = 65536
@@ -83,7 +90,17 @@ class WorkerLimits:
 
 @dataclass
 class Worker:
-    """One started worker process (used for exactly one call)."""
+    """One started worker process (used for exactly one call).
+
+    The process we start (the outer bwrap, or the worker itself in rlimits mode) leads a process
+    group of its own, and that group is what ``signal_kill`` kills. In bwrap mode the group also
+    holds the sandbox's pid 1 (bwrap clones it in place), which matters while the sandbox starts:
+    until the outer bwrap has set up the sandbox, its child has no parent-death signal and waits for
+    the outer one on an eventfd; killing only the outer bwrap then would leave that child waiting
+    forever, orphaned to init. The group id is the leader's pid, which stays ours until the leader
+    is reaped, so the leader is never reaped before the group has been killed (``alive`` and
+    ``wait_exit`` only peek).
+    """
 
     proc: subprocess.Popen
     started: float
@@ -91,28 +108,53 @@ class Worker:
     status_fd: int
     uid: int | None = None
     workdir: str | None = None  # rlimits mode: the temp directory to remove afterwards
-    own_group: bool = False  # rlimits mode: the worker leads a process group we kill as a whole
     _release: Callable[[int | None], None] | None = field(default=None, repr=False)
     _signalled: bool = field(default=False, repr=False)
     _reaped: bool = field(default=False, repr=False)
 
+    def _peek(self) -> int | None:
+        """The exit status if the process has ended (as Popen.returncode), without reaping it."""
+        if self.proc.returncode is not None:
+            return self.proc.returncode
+        try:
+            info = os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:  # reaped by someone else (SIGCHLD ignored): ended, status unknown
+            return -signal.SIGKILL
+        if info is None:
+            return None
+        return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        return self._peek() is None
+
+    def wait_exit(self, timeout: float) -> int | None:
+        """Wait up to ``timeout`` s for the process to end; its exit status, None if it has not.
+
+        Does not reap (see the class doc), so it polls; it is used only once the worker's pipes
+        have closed, when the end is a few milliseconds away.
+        """
+        deadline = time.monotonic() + timeout
+        delay = 0.0005
+        while True:
+            status = self._peek()
+            if status is not None:
+                return status
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, 0.02)
 
     def signal_kill(self) -> None:
-        """SIGKILL the worker and everything it started, without waiting (cheap)."""
+        """SIGKILL the worker's process group, without waiting (cheap)."""
         if self._signalled:
             return
         self._signalled = True
-        if self.own_group:
-            # rlimits mode has no pid namespace: the process group is the best handle we have
+        if self.proc.returncode is None:  # not reaped: the group id is still ours
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-        if self.proc.poll() is None:
-            # bwrap mode: killing the outer bwrap makes the kernel SIGKILL the sandbox's pid 1
-            # (--die-with-parent), and the pid namespace dies with its pid 1
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
+        # bwrap mode: the sandbox's pid 1 dies with the group, and its pid namespace with it, taking
+        # every process of the program along (also those that called setsid, which left the group)
 
     def reap(self) -> None:
         """Wait for the killed worker and free what it held; idempotent."""
@@ -144,6 +186,11 @@ class Worker:
 def worker_source() -> str:
     """The worker program, passed with ``python -c`` so no project file is mounted."""
     return Path(worker_module.__file__).read_text(encoding="utf-8")
+
+
+def guard_source() -> str:
+    """The guard program (``guard.py``), passed with ``python -c`` like the worker's."""
+    return Path(guard_module.__file__).read_text(encoding="utf-8")
 
 
 def base_interpreter() -> tuple[str, list[str]]:
@@ -215,9 +262,17 @@ class Launcher:
                 raise SandboxUnavailable(f"site-packages directory {path} does not exist")
         self.as_root = os.geteuid() == 0
         self._source = worker_source()
+        #: in the command line of every process this launcher starts (see MARKER_PREFIX); our pid
+        #: in it lets a test tell the sandboxes of one process from those of another
+        self.marker = f"{MARKER_PREFIX}{os.getpid()}:{uuid.uuid4().hex[:16]}"
         self.bwrap: str | None = None
         self._disable_userns = False
+        self._seccomp = b""
         if isolation == "bwrap":
+            try:
+                self._seccomp = build_filter()
+            except UnsupportedArchitecture as e:
+                raise SandboxUnavailable(str(e)) from None
             found = shutil.which(bwrap_path)
             if found is None:
                 raise SandboxUnavailable(
@@ -257,6 +312,7 @@ class Launcher:
         lim = self.limits
         return json.dumps(
             {
+                "marker": self.marker,
                 "uid": uid,
                 "status_fd": status_fd,
                 "memory_bytes": lim.memory_bytes,
@@ -292,11 +348,14 @@ class Launcher:
             env["PYTHONPATH"] = os.pathsep.join(site_dirs)
         return env
 
-    def bwrap_argv(self, uid: int | None, status_fd: int) -> list[str]:
+    def bwrap_argv(self, uid: int | None, status_fd: int, seccomp_fd: int) -> list[str]:
+        """The bwrap command line; ``seccomp_fd`` is read to its end by bwrap (see seccomp.py)."""
         assert self.bwrap is not None
         argv = [
             self.bwrap,
             "--die-with-parent",
+            "--seccomp",
+            str(seccomp_fd),
             "--new-session",
             "--clearenv",
             "--unshare-pid",
@@ -357,28 +416,38 @@ class Launcher:
     # ------------------------------------------------------------------ start
 
     def spawn(self) -> Worker:
-        """Start one worker (it then starts up, writes the ready byte and waits for code)."""
+        """Start one worker (it then starts up, writes the ready byte and waits for code).
+
+        The process started leads a new session and process group (``Worker.signal_kill``).
+        """
         status_r, status_w = os.pipe()
-        common = dict(
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            bufsize=0,
-            close_fds=True,
-            pass_fds=(status_w,),
-            start_new_session=True,
-        )
+        extra_fds: list[int] = []
         uid = self._take_uid() if self.isolation == "bwrap" and self.as_root else None
         workdir = None
         try:
             if self.isolation == "bwrap":
-                argv = self.bwrap_argv(uid, status_w)
-                proc = subprocess.Popen(argv, env={"PATH": "/usr/bin:/bin"}, cwd="/", **common)
+                seccomp_fd = filter_pipe(self._seccomp)
+                extra_fds.append(seccomp_fd)
+                argv = self.bwrap_argv(uid, status_w, seccomp_fd)
+                env = {"PATH": "/usr/bin:/bin"}
+                cwd = "/"
             else:
                 workdir = tempfile.mkdtemp(prefix="etagent-python-")
                 argv = [self.python, "-s", "-B", "-c", self._source, self._worker_config(None, status_w)]
                 env = self.sandbox_env(workdir, self.site_packages)
-                proc = subprocess.Popen(argv, env=env, cwd=workdir, **common)
+                cwd = workdir
+            proc = subprocess.Popen(
+                argv,
+                env=env,
+                cwd=cwd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                bufsize=0,
+                close_fds=True,
+                pass_fds=(status_w, *extra_fds),
+                start_new_session=True,
+            )
         except BaseException:
             os.close(status_r)
             self._release_uid(uid)
@@ -386,13 +455,30 @@ class Launcher:
                 shutil.rmtree(workdir, ignore_errors=True)
             raise
         finally:
-            os.close(status_w)  # the worker holds the only write end now
+            for fd in (status_w, *extra_fds):  # the worker holds the only copies now
+                os.close(fd)
         return Worker(
             proc=proc,
             started=time.monotonic(),
             status_fd=status_r,
             uid=uid,
             workdir=workdir,
-            own_group=self.isolation == "rlimits",
             _release=self._release_uid,
+        )
+
+    # ------------------------------------------------------------------ guard
+
+    def start_guard(self) -> subprocess.Popen:
+        """Start the guard of this launcher's sandboxes (``guard.py``): it outlives this process and
+        kills whatever still carries ``marker`` when this process ends, or when the pool closing
+        writes to its stdin (``WorkerPool.close``)."""
+        return subprocess.Popen(
+            [self.python, "-I", "-S", "-c", guard_source(), str(os.getpid()), self.marker],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={"PATH": "/usr/bin:/bin"},
+            cwd="/",
+            close_fds=True,
+            start_new_session=True,  # not in our process group: Ctrl-C and killpg of ours miss it
         )

@@ -8,6 +8,10 @@ All workers are started by one long-lived spawner thread. That is not only tidin
 ``--die-with-parent`` uses PR_SET_PDEATHSIG, which fires when the *thread* that forked bwrap exits.
 Workers forked from short-lived caller threads (a ThreadPoolExecutor shrinking) would be killed
 mid-call.
+
+Every sandbox ends with its call or its pool: a used or unneeded worker's whole process group is
+killed (``Worker.signal_kill``), and a guard process (``guard.py``) kills whatever of the pool is
+left when the pool closes or when this process dies without closing it.
 """
 
 from __future__ import annotations
@@ -59,6 +63,9 @@ class WorkerPool:
         self._backoff_until = 0.0
         self._starts = 0
         self._ready_total = 0
+        # started first: from here on, whatever this pool starts dies with this process
+        self._guard = launcher.start_guard()
+        self._owner_pid = os.getpid()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         # waiting for a killed sandbox to be torn down takes milliseconds; callers hand that off
@@ -138,8 +145,16 @@ class WorkerPool:
                 return
         worker.reap()
 
+    @property
+    def marker(self) -> str:
+        """In the command line of every process of this pool's sandboxes (tests look for it)."""
+        return self.launcher.marker
+
     def close(self) -> None:
-        """Stop the spawner and kill idle workers. Runs in progress end too (see module doc)."""
+        """Stop the spawner and kill idle workers. Runs in progress end too (see module doc); when
+        this returns, no process of the pool's sandboxes is left."""
+        if os.getpid() != self._owner_pid:
+            return  # a forked copy (a data loader exiting): the workers and the guard are the parent's
         with self._cond:
             if self._closed:
                 return
@@ -155,9 +170,28 @@ class WorkerPool:
         self._graveyard.put(None)
         if self._reaper is not threading.current_thread():
             self._reaper.join(timeout=30)
+        self._stop_guard()
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+    def _stop_guard(self) -> None:
+        """Have the guard kill whatever of the pool is left (runs still in progress) and exit."""
+        guard = self._guard
+        try:
+            with contextlib.suppress(OSError):
+                guard.stdin.write(b"x")
+                guard.stdin.close()
+            guard.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # pragma: no cover - a sweep takes milliseconds
+            log.warning("python sandbox: the guard did not finish its sweep within 10 s")
+            guard.kill()
+            guard.wait()
+        if guard.returncode != 0:
+            err = guard.stderr.read().decode("utf-8", "replace").strip() if guard.stderr else ""
+            log.warning("python sandbox: the guard exited with status %s: %s", guard.returncode, err)
+        if guard.stderr is not None:
+            guard.stderr.close()
 
     # ------------------------------------------------------------------ spawner thread
 
@@ -257,11 +291,10 @@ class WorkerPool:
             return
         # it died (or wrote junk) before being ready: its stderr says why (bwrap's or the worker's)
         err = b""
-        try:
-            worker.proc.wait(timeout=5)
+        worker.wait_exit(5)  # its message is complete once it has exited
+        with contextlib.suppress(OSError):
+            os.set_blocking(worker.proc.stderr.fileno(), False)
             err = worker.proc.stderr.read(READ_CHUNK) or b""
-        except (OSError, subprocess.TimeoutExpired):
-            pass
         worker.kill()
         self._record_failure(err.decode("utf-8", "replace"))
 
@@ -370,10 +403,8 @@ def run_in_worker(worker: Worker, code: bytes, timeout_s: float, max_output_byte
         elif not (outcome.timed_out or outcome.output_exceeded):
             # no report (killed by a signal, crashed, or it closed its own fds): the sandbox's exit
             # status tells what happened
-            try:
-                outcome.returncode = proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                outcome.timed_out = True
+            outcome.returncode = worker.wait_exit(max(0.0, deadline - time.monotonic()))
+            outcome.timed_out = outcome.returncode is None
     finally:
         sel.close()
         if stdin_open:
