@@ -19,8 +19,27 @@ from etagent.tools.base import Tool, ToolResult
 ASSISTANT = "<|im_start|>assistant\n"
 
 
+def bytes_to_unicode() -> dict[int, str]:
+    """The byte-level BPE alphabet (GPT-2's, which SmolLM2 uses): the character standing for each byte."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    chars = dict(zip(printable, printable, strict=True))
+    for b in range(256):
+        if b not in chars:
+            chars[b] = 256 + len(chars) - len(printable)
+    return {b: chr(c) for b, c in chars.items()}
+
+
 class ScriptedGenerator(Generator):
-    """Writes ``scripts[question text]`` as the model's part of the trajectory."""
+    """Writes ``scripts[question text]`` as the model's part of the trajectory.
+
+    Works on bytes, like a byte-level model: when a call ends inside a multi-byte character (the
+    per-call token limit), the next call goes on with that character's remaining bytes, one
+    byte token each.
+    """
 
     name = "scripted"
 
@@ -28,6 +47,14 @@ class ScriptedGenerator(Generator):
         self.tokenizer = tokenizer
         self.scripts = scripts
         self.calls = 0
+        self._marker = tokenizer.encode(ASSISTANT, add_special_tokens=False)
+        self._byte_decoder = {c: b for b, c in bytes_to_unicode().items()}
+        #: a token for each UTF-8 continuation byte (a byte-level vocabulary has them all)
+        self._byte_token = {
+            b: tokenizer.convert_tokens_to_ids(bytes_to_unicode()[b]) for b in range(0x80, 0xC0)
+        }
+        assert tokenizer.unk_token_id not in self._byte_token.values(), "a byte-level tokenizer is expected"
+        self._special = set(tokenizer.all_special_ids)
 
     def _model_written(self, response: str) -> str:
         # the model's own text so far: the response minus inserted tool results
@@ -40,21 +67,44 @@ class ScriptedGenerator(Generator):
             out.append(response[pos:i])
             pos = response.index("</result>", i) + len("</result>")
 
+    def _bytes(self, ids: list[int]) -> bytes:
+        out = []
+        for i in ids:
+            token = self.tokenizer.convert_ids_to_tokens(i)
+            out.append(token.encode() if i in self._special else bytes(self._byte_decoder[c] for c in token))
+        return b"".join(out)
+
+    def _response_ids(self, ids: list[int]) -> list[int]:
+        m = len(self._marker)
+        starts = [k for k in range(len(ids) - m + 1) if ids[k : k + m] == self._marker]
+        return ids[starts[-1] + m :]
+
+    def _encode(self, rest: bytes) -> list[int]:
+        """Token ids of ``rest``: the bytes left of a character cut by the previous call (UTF-8
+        continuation bytes) one token each, then the rest as the tokenizer writes it."""
+        k = 0
+        while k < len(rest) and rest[k] & 0xC0 == 0x80:
+            k += 1
+        return [self._byte_token[b] for b in rest[:k]] + self.tokenizer.encode(
+            rest[k:].decode(), add_special_tokens=False
+        )
+
     def generate(self, prompts, params: SamplingParams):
         self.calls += 1
         results = []
         for p in prompts:
-            text = self.tokenizer.decode(self.prompt_ids(p), skip_special_tokens=False)
-            head, response = text.rsplit(ASSISTANT, 1)
+            ids = self.prompt_ids(p)
+            head = self.tokenizer.decode(ids, skip_special_tokens=False).rsplit(ASSISTANT, 1)[0]
             question = head.rsplit("<|im_start|>user\n", 1)[1].split("<|im_end|>")[0]
-            script = self.scripts[question]
-            written = self._model_written(response)
+            script = self.scripts[question].encode()
+            response = self._bytes(self._response_ids(ids)).decode(errors="surrogateescape")
+            written = self._model_written(response).encode(errors="surrogateescape")
             assert script.startswith(written), (script, written)
             rest = script[len(written) :]
             if not rest:
                 results.append([Completion("", [], "eos")])
                 continue
-            ids = self.tokenizer.encode(rest, add_special_tokens=False)
+            ids = self._encode(rest)
             cut = ids[: params.max_new_tokens]
             out_text, out_ids, stop, _ = trim_at_stop(self.tokenizer, cut, params.stop)
             if stop is not None:
@@ -124,21 +174,33 @@ def test_multi_turn_calls_results_and_masks(tokenizer):
     _check_invariants(tokenizer, traj)
 
 
-def test_stop_inside_a_token_keeps_text_and_ids_aligned(tokenizer):
-    # "</search>." may merge ">." into one token: the stop ends inside it
-    script = "<think>a</think><search>x</search>.<think>b</think><answer>\\boxed{42}</answer>"
-    assert (
-        "</search>" not in tokenizer.decode(tokenizer.encode(script, add_special_tokens=False)[:-1]) or True
-    )  # the tokenisation itself is whatever the tokenizer does; the invariants must hold
-    loop, _ = _loop(tokenizer, {"Q?": script.replace("</search>.", "</search>")})
+def _token_ends(tok, text: str) -> set[int]:
+    """Character offsets at which the tokens of ``text`` end."""
+    ends, pos = set(), 0
+    for i in tok.encode(text, add_special_tokens=False):
+        pos += len(tok.decode([i], skip_special_tokens=False))
+        ends.add(pos)
+    return ends
+
+
+@pytest.mark.parametrize(
+    ("after", "inside"),
+    [
+        ("<think>", True),  # SmolLM2 merges "><" into one token: the stop ends inside it
+        (")<think>", False),  # ")<" is a token of its own: the stop ends on a token boundary
+    ],
+)
+def test_stop_inside_a_token_keeps_text_and_ids_aligned(tokenizer, after, inside):
+    script = f"<think>a</think><search>x</search>{after}b</think><answer>\\boxed{{42}}</answer>"
+    stop_end = script.index("</search>") + len("</search>")
+    assert (stop_end not in _token_ends(tokenizer, script)) == inside
+    loop, tools = _loop(tokenizer, {"Q?": script})
     (traj,) = loop.run([_question("q", "Q?")])
+    assert [s.role for s in traj.segments] == ["model", "tool", "model"]
+    assert traj.segments[0].text == "<think>a</think><search>x</search>"
+    assert tools["search"].seen == ["x"] and traj.tool_calls[0].input == "x"
+    assert traj.finish_reason == "answer" and traj.prediction == "42"
     _check_invariants(tokenizer, traj)
-    loop2, _ = _loop(
-        tokenizer, {"Q?": "<think>a</think><search>x</search>)<think>b</think><answer>\\boxed{42}</answer>"}
-    )
-    (traj2,) = loop2.run([_question("q", "Q?")])
-    assert traj2.tool_calls and traj2.tool_calls[0].input == "x"
-    _check_invariants(tokenizer, traj2)
 
 
 def test_length_limited_calls_continue_the_same_segment(tokenizer):

@@ -52,6 +52,7 @@ def test_continue_mid_think_after_a_result_and_from_scratch(tokenizer):
     tools["python"].seen.clear()
     out = loop.continue_run(partials)
     assert partials == before  # inputs untouched
+    assert len(out) == 3
     for traj in out:
         assert traj.response_text == full.response_text
         assert traj.finish_reason == "answer" and traj.prediction == "42"

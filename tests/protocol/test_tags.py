@@ -1,3 +1,5 @@
+import pytest
+
 from etagent.protocol import tags
 
 GOOD = (
@@ -99,3 +101,107 @@ def test_system_prompt_lists_tools_and_format():
         assert needle in prompt
     assert "{{" not in prompt  # the reference's doubled-brace quirk is not reproduced
     assert tags.stop_strings() == ["</search>", "</python>", "</answer>"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The reward's format check: the reference's validate_format (docs/method.md 6.4), rule by rule,
+# on the cases where it and the strict export check disagree
+
+ANSWER = "<answer>The final answer is \\[ \\boxed{1783881} \\]</answer>"
+
+
+def _both(text: str, tool_tags: tuple[str, ...] = tags.DEFAULT_TOOL_TAGS) -> tuple[bool, bool]:
+    """(reward check ok, strict check ok)."""
+    return tags.check_reward_format(text, tool_tags).ok, tags.check_format(text, tool_tags).ok
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("Sure, let me work on it. " + GOOD, id="text-before-the-first-think"),
+        pytest.param(GOOD + "\nI hope this helps.", id="text-after-the-answer"),
+        pytest.param(GOOD.replace("\\boxed{1783881}", "\\boxed{1} or \\boxed{2}"), id="two-boxes"),
+        pytest.param(
+            GOOD.replace("The final answer", "<think>sure</think>The final answer"), id="think-in-answer"
+        ),
+        pytest.param(
+            GOOD.replace("The final answer", "<result>x</result> The final answer"), id="result-in-answer"
+        ),
+        pytest.param(
+            GOOD.replace("<think>Now compute.</think>", "<think>Now <think>co</think>mpute.</think>"),
+            id="nested-think",
+        ),
+        pytest.param(
+            GOOD.replace("</search><result>", "</search> wait for it <result>"),
+            id="text-between-call-and-result",
+        ),
+        pytest.param(
+            GOOD.replace("<search>Zorvik", "<search>first try</search><search>Zorvik"),
+            id="two-calls-one-result",
+        ),
+    ],
+)
+def test_reward_check_accepts_what_only_the_strict_check_rejects(text):
+    assert _both(text) == (True, False), (
+        tags.check_reward_format(text).problems,
+        tags.check_format(text).problems,
+    )
+
+
+def test_reward_check_rejects_what_the_strict_check_accepts():
+    # rule 4: the answer must hold "\boxed{" and a "}"; the strict check only counts "\boxed{"
+    unclosed_box = GOOD.replace("\\boxed{1783881} \\]", "\\boxed{1783881 \\]")
+    assert _both(unclosed_box) == (False, True)
+    assert tags.check_reward_format(unclosed_box).problems == ["answer has no \\boxed{ and }"]
+    # rule 3, the reference's search quirk: the search call's <result> is the first one after
+    # <search>, so a "<result>" inside the query comes before </search> and fails
+    in_query = GOOD.replace("<search>Zorvik", "<search><result> Zorvik")
+    assert _both(in_query) == (False, True)
+    assert any("comes before </search>" in p for p in tags.check_reward_format(in_query).problems)
+    # rule 3 finds calls by plain text search: a call written inside a think block counts (the
+    # strict check parses blocks, and a think block's content is not a call)
+    mentioned = GOOD.replace("<think>Done.</think>", "<think>No need for <search>more</search>.</think>")
+    assert _both(mentioned) == (False, True)
+    # ... while for python the <result> is the first after </python>: code may print "<result>"
+    in_code = GOOD.replace("<python>print(48213 * 37)", "<python>print('<result>')")
+    assert _both(in_code) == (True, True)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        # rule 1: as many <think> as </think>, at least one
+        (GOOD.replace("<think>Done.</think>", "<think>Done."), "think tags unbalanced"),
+        (GOOD.replace("<think>Done.</think>", "Done.</think>"), "think tags unbalanced"),
+        ("<answer>\\boxed{1}</answer>", "think tags unbalanced or missing (0 open, 0 close)"),
+        # rule 2: exactly one <answer> and one </answer>, in that order
+        (GOOD + "<answer>\\boxed{2}</answer>", "exactly one <answer>"),
+        (GOOD.replace("</answer>", ""), "exactly one <answer>"),
+        (GOOD.replace("<answer>", ""), "exactly one <answer>"),
+        ("<think>a</think></answer>\\boxed{1}<answer>", "</answer> comes before <answer>"),
+        # rule 3: every call followed, in order, by its close tag, <result> and </result>
+        (GOOD.replace("<result>\n1783881\n</result>", ""), "<python> call at offset"),
+        (GOOD.replace("</search>", ""), "<search> call at offset"),
+        (GOOD.replace("\n1783881\n</result>", "\n1783881\n"), "<python> call at offset"),
+        (GOOD.replace("<think>Done.</think>", "<think>Done.</think><search>again</search>"), "<search> call"),
+        # rule 4: the answer holds "\boxed{" and "}"
+        (GOOD.replace("\\boxed{1783881}", "1783881"), "answer has no \\boxed{ and }"),
+        (GOOD.replace("\\boxed{1783881}", "\\boxed 1783881"), "answer has no \\boxed{ and }"),
+    ],
+)
+def test_reward_check_rules_each_fail_alone(text, problem):
+    check = tags.check_reward_format(text)
+    assert not check.ok and len(check.problems) == 1 and problem in check.problems[0], check.problems
+    assert not tags.check_format(text).ok  # these the strict check rejects as well
+
+
+def test_reward_check_accepts_the_canonical_rendering_and_checks_search_and_python_always():
+    assert tags.check_reward_format(GOOD).ok
+    assert tags.check_reward_format(GOOD, ("search", "python", "calculator")).ok
+    # a run with only the search tool still fails a python call without a result (the reference
+    # checks both tags), and a registered extra tool's calls are checked too
+    stray = GOOD.replace("<think>Done.</think>", "<think>Done.</think><python>1</python>")
+    assert not tags.check_reward_format(stray, ("search",)).ok
+    extra = GOOD.replace("<think>Done.</think>", "<think>Done.</think><calculator>2+2</calculator>")
+    assert tags.check_reward_format(extra).ok  # not a tool of this run: plain text
+    assert not tags.check_reward_format(extra, ("search", "python", "calculator")).ok

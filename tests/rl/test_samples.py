@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from etagent.records import Question, Segment, Trajectory
 from etagent.rl.samples import batch_rewards, split_groups, to_policy_sample
@@ -50,3 +52,44 @@ def test_groups_are_consecutive_and_never_mix_questions():
     assert [p.correctness for p in parts] == [1.0, 0.0, 1.0, 1.0]
     with pytest.raises(ValueError, match="mixes questions"):
         batch_rewards([trajs[0], trajs[2], trajs[1], trajs[3]], 2, cfg)
+
+
+SEGMENT = st.tuples(
+    st.sampled_from(["model", "tool"]), st.lists(st.integers(3, 1000), max_size=6), st.booleans()
+)
+
+
+@settings(max_examples=100, deadline=None, derandomize=True, database=None)
+@given(
+    st.lists(SEGMENT, max_size=6),
+    st.sampled_from(["answer", "eos", "length", "tool_budget", "response_budget", "context"]),
+)
+def test_policy_samples_keep_ids_masks_and_logprobs_aligned(segments, finish):
+    segs = [
+        Segment(
+            role=role,
+            text="x" * len(ids),
+            token_ids=ids,
+            logprobs=[-0.5 - k for k in range(len(ids))] if role == "model" and has_lp else None,
+        )
+        for role, ids, has_lp in segments
+    ]
+    traj = Trajectory(
+        question_id="q",
+        question=Question(id="q", question="Q?", answer="42"),
+        prompt_text="p",
+        prompt_ids=[1],
+        segments=segs,
+        finish_reason=finish,
+    )
+    s = to_policy_sample(traj, EOS)
+    ended = finish in ("answer", "eos") or not traj.response_ids
+    assert s.completion_ids == traj.response_ids + ([EOS] if ended else [])
+    assert len(s.env_mask) == len(s.completion_ids) == len(s.logprobs)
+    assert s.env_mask == traj.response_mask + ([1] if ended else [])
+    expected_lps = [lp for seg in segs for lp in (seg.logprobs or [None] * len(seg.token_ids))]
+    assert s.logprobs == expected_lps + ([None] if ended else [])
+    # tool tokens are out of the loss and carry no sampler log-probability; model tokens are in it
+    roles = [seg.role for seg in segs for _ in seg.token_ids]
+    for role, m, lp in zip(roles, s.env_mask, s.logprobs, strict=False):
+        assert m == (role == "model") and (role == "model" or lp is None)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -138,9 +139,13 @@ def test_two_steps_checkpoint_and_resume_to_three(tiny_model_path, tmp_path):
 
     gen = HFGenerator.from_config(BackendConfig(model=summary["model"], hf=HFConfig(threads=1, device="cpu")))
     trained = load_file(tmp_path / "checkpoints" / "checkpoint-3" / "model.safetensors")
-    for name, tensor in gen.model.state_dict().items():
-        if name in trained:
-            torch.testing.assert_close(tensor, trained[name])
+    saved = gen.model.state_dict()
+    # every checkpoint tensor is compared; the saved model has no other weights than the output
+    # layer tied to the embeddings (not stored twice)
+    assert len(trained) > 10 and set(trained) <= set(saved), sorted(set(trained) - set(saved))
+    assert set(saved) - set(trained) <= {"lm_head.weight"}
+    for name, tensor in trained.items():
+        torch.testing.assert_close(saved[name], tensor)
 
 
 def test_log_keeps_only_steps_up_to_the_resumed_checkpoint(tmp_path):
@@ -156,3 +161,160 @@ def test_config_checks_group_and_batch_shapes():
         RLConfig(num_generations=4)
     with pytest.raises(ValueError, match="divisible"):
         RLConfig(num_generations=16, questions_per_step=1, micro_batch_size=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# ARPO branching with a sampling policy that calls a tool, feeding TRL
+
+
+def test_arpo_branches_of_a_sampling_policy_reach_trl_with_aligned_masks(
+    tiny_model_path, tmp_path, tokenizer
+):
+    from transformers import AutoModelForCausalLM
+
+    from etagent.agent import build_agent
+    from tests.loop.test_agent_loop import _check_invariants
+    from tests.rl.sampler import FIRST, FREE, tool_sampler
+
+    questions = [
+        Question(id="q1", question="One?", answer="4"),
+        Question(id="q2", question="Two?", answer="4"),
+    ]
+    cfg = _cfg(
+        tiny_model_path,
+        max_steps=1,
+        num_generations=4,
+        micro_batch_size=4,
+        # every branch that has just received a tool result branches (probability 1)
+        arpo={"n": 4, "initial_rollouts": 2, "beam_size": 2, "branch_probability": 1.0},
+        agent={
+            "backend": {"model": str(tiny_model_path)},
+            "tools": {"enabled": ["search"]},
+            "budget": {"max_new_tokens_per_call": 32, "max_response_tokens": 128},
+        },
+    )
+    tools = {"search": EchoTool("search")}
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_path), dtype=torch.float32).eval()
+    gen = tool_sampler(base, tokenizer, set(), tools["search"].call("alpha").text)
+    probe = build_agent(cfg.agent, cfg.data_ref().task, generator=gen, tools=tools)
+    lengths = {len(probe.new_trajectory(q, 0).prompt_ids) for q in questions}
+    gen.model.table.update(
+        tool_sampler(base, tokenizer, lengths, tools["search"].call("alpha").text).model.table
+    )
+    tools["search"].seen.clear()
+
+    trainer, _ = build_trainer(cfg, tmp_path, questions=questions, generator=gen, tools=tools)
+    outputs, losses = [], []
+    inner, compute_loss = trainer.rollout_func, trainer._compute_loss
+    trainer.rollout_func = lambda prompts, t: outputs.append(inner(prompts, t)) or outputs[-1]
+    trainer._compute_loss = lambda model, inputs: losses.append(inputs) or compute_loss(model, inputs)
+    try:
+        trainer.train()
+    finally:
+        inner.rollout.loop.close()
+
+    (out,) = outputs
+    trajs = out["trajectory"]
+    assert len(trajs) == 8 and tools["search"].seen == ["alpha"] * 4  # children do not re-run calls
+    first_ids = tokenizer.encode(FIRST, add_special_tokens=False)
+    for g in range(2):
+        group = trajs[4 * g : 4 * g + 4]
+        meta = [t.meta["arpo"] for t in group]
+        assert [m["parent_id"] for m in meta] == [None, None, 0, 1]
+        assert all(m["entropy_method"] == "top_k" for m in meta)
+        # the four answers were sampled in one batch (one prompt, four samples): all differ
+        assert len({t.response_text for t in group}) == 4, [t.response_text for t in group]
+        for child in group[2:]:
+            parent = group[child.meta["arpo"]["parent_id"]]
+            bp = child.meta["arpo"]["branch_point"]
+            assert bp == len(first_ids) + len(child.segments[1].token_ids)  # right after the result
+            assert child.response_ids[:bp] == parent.response_ids[:bp]
+            assert child.response_mask[:bp] == parent.response_mask[:bp]
+            assert (child.response_mask[bp - 1], child.response_mask[bp]) == (0, 1)
+            free = slice(bp + 3, bp + 3 + FREE - 1)  # after "<think>": three sampled words
+            assert child.response_ids[free] != parent.response_ids[free]
+    eos = tokenizer.eos_token_id
+    for t, ids, mask, lps in zip(trajs, out["completion_ids"], out["env_mask"], out["logprobs"], strict=True):
+        _check_invariants(tokenizer, t)
+        assert t.finish_reason == "answer" and [s.role for s in t.segments] == ["model", "tool", "model"]
+        assert ids == [*t.response_ids, eos] and mask == [*t.response_mask, 1]
+        assert len(lps) == len(ids)
+        assert all((lp is None) == (m == 0) for lp, m in zip(lps[:-1], mask[:-1], strict=True))
+        assert all(lp <= 0 for lp in lps if lp is not None) and lps[-1] is None
+    # what TRL trained on: the same rows, tool tokens out of the loss
+    ours = sorted(
+        (tuple(ids), tuple(mask)) for ids, mask in zip(out["completion_ids"], out["env_mask"], strict=True)
+    )
+    theirs = []
+    for inp in losses:
+        for ids, cmask, tmask in zip(
+            inp["completion_ids"], inp["completion_mask"], inp["tool_mask"], strict=True
+        ):
+            n = int(cmask.sum())
+            assert cmask[:n].all() and not cmask[n:].any()
+            theirs.append((tuple(ids[:n].tolist()), tuple(tmask[:n].tolist())))
+    assert sorted(theirs) == ours
+    rec = json.loads((tmp_path / "train_log.jsonl").read_text().splitlines()[0])
+    assert (rec["branching_rate"], rec["branched_fraction"], rec["sampled_entropy_estimate"]) == (
+        1.0,
+        0.5,
+        0.0,
+    )
+    assert rec["branch_entropy"] > 0
+
+
+def test_the_sigma_decay_reaches_the_reward_step_by_step(tiny_model_path, tmp_path, tokenizer):
+    # docs/method.md 6.3/6.4: sigma * (T - t) / (T - 1) at rollout step t of T: 1, 0.5, 0 for T = 3
+    scripts = [_script("42", ["alpha"]), _script("42", ["beta", "gamma"])]  # 1 and 2 calls, both right
+    questions = [
+        Question(id="q1", question="One?", answer="42"),
+        Question(id="q2", question="Two?", answer="42"),
+    ]
+    cfg = _cfg(
+        tiny_model_path,
+        use_arpo=False,
+        max_steps=3,
+        reward={"sigma_tool": 0.2, "sigma_length": 0.5, "decay": True},
+        agent={
+            "backend": {"model": str(tiny_model_path)},
+            "tools": {"enabled": ["search"]},
+            "budget": {"max_new_tokens_per_call": 64, "max_response_tokens": 256},
+        },
+    )
+    trainer, _ = build_trainer(
+        cfg,
+        tmp_path,
+        questions=questions,
+        generator=CyclingScripts(tokenizer, scripts),
+        tools={"search": EchoTool("search")},
+    )
+    applied = []
+    reward = trainer.reward_funcs[0]
+
+    def recording(**kw):
+        scores = reward(**kw)
+        applied.append((kw["trainer_state"].global_step, kw["trajectory"], scores))
+        return scores
+
+    trainer.reward_funcs[0] = recording
+    trainer.train()
+    assert [step for step, *_ in applied] == [0, 1, 2]
+    log_lines = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    spreads = []
+    for (_, trajs, scores), factor, line in zip(applied, (1.0, 0.5, 0.0), log_lines, strict=True):
+        assert len(trajs) == 4
+        for g in range(0, 4, 2):
+            pair, got = trajs[g : g + 2], scores[g : g + 2]
+            calls = [len(t.tool_calls) for t in pair]
+            lengths = [t.num_model_tokens for t in pair]
+            assert sorted(calls) == [1, 2] and lengths[0] != lengths[1]
+            z = [1.0 if x > min(lengths) else -1.0 for x in lengths]  # two values: z = +-1
+            expected = [
+                2 / (1 + math.exp(0.2 * factor * (c - 1.5))) * 2 / (1 + math.exp(0.5 * factor * zi))
+                for c, zi in zip(calls, z, strict=True)
+            ]
+            assert got == pytest.approx(expected)
+            spreads.append(max(got) - min(got))
+        assert line["reward"] == pytest.approx(sum(scores) / 4)
+    assert spreads[0] > spreads[2] > 0 and spreads[4] == spreads[5] == 0.0
+    assert [line["reward_std"] > 0 for line in log_lines] == [True, True, False]

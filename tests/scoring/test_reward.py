@@ -4,6 +4,7 @@ import random
 import pytest
 
 from etagent.config import ConfigError, load_config
+from etagent.protocol import tags
 from etagent.scoring.reward import RewardConfig, et_rewards, group_rewards, sigma_factor
 from tests.scoring.helpers import make_traj
 
@@ -45,7 +46,7 @@ def test_at_sigma_zero_the_reward_is_correctness_plus_format():
 
 def test_factors_are_one_at_the_group_mean():
     rng = random.Random(1)
-    checked = 0
+    checked_tool = checked_len = 0
     for _ in range(N_GROUPS):
         r, c, lengths, ok = _random_group(rng)
         parts = et_rewards(r, c, lengths, ok, rng.uniform(0.01, 1), rng.uniform(0.01, 1))
@@ -53,12 +54,13 @@ def test_factors_are_one_at_the_group_mean():
         for p in parts:
             if p.tool_calls == mean_calls:
                 assert p.f_tool == pytest.approx(1.0)
-                checked += 1
+                checked_tool += 1
             assert (p.f_tool > 1) == (p.tool_calls < mean_calls) or p.tool_calls == mean_calls
             if p.length == mean_len:
                 assert p.f_len == pytest.approx(1.0)
+                checked_len += 1
             assert (p.f_len > 1) == (p.length < mean_len) or p.length == mean_len
-    assert checked > 50  # the property was exercised, not skipped
+    assert checked_tool > 50 and checked_len > 50  # the properties were exercised, not skipped
 
 
 def test_at_equal_correctness_and_length_more_tool_calls_earn_less():
@@ -188,3 +190,19 @@ def test_reward_config_loads_from_yaml(tmp_path):
         load_config(RewardConfig, None, ["qa_metric=accuracy"])
     with pytest.raises(ConfigError, match="sigma_tool"):
         load_config(RewardConfig, None, ["sigma_tool=-1"])
+
+
+def test_format_penalty_follows_the_reference_check_not_the_strict_one():
+    # docs/method.md Decision 2: the reward is 6.4's, whose validate_format is looser than the
+    # strict export check (tags.check_reward_format vs tags.check_format)
+    preamble = make_traj("42", 1)
+    preamble.segments[0].text = "Let me see. " + preamble.segments[0].text
+    unclosed_box = make_traj("42", 1)
+    unclosed_box.segments[-1].text = unclosed_box.segments[-1].text.replace("\\boxed{42}", "\\boxed{42")
+    plain = make_traj("42", 1)
+    texts = [t.response_text for t in (preamble, unclosed_box, plain)]
+    assert [tags.check_format(x).ok for x in texts] == [False, True, True]
+    assert [tags.check_reward_format(x).ok for x in texts] == [True, False, True]
+    parts = group_rewards([preamble, unclosed_box, plain], RewardConfig(sigma_tool=0, sigma_length=0))
+    assert [p.f_format for p in parts] == [0.0, -1.0, 0.0]
+    assert [p.score for p in parts] == [1.0, 0.0, 1.0]

@@ -304,7 +304,8 @@ def extract_answer(text: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Strict format check (docs/method.md 6.4 validate_format + 3.4 validate_template_format)
+# Format checks: the strict one (fine-tuning export, evaluation; docs/method.md 3.4) and the
+# reward's (the reference's ``validate_format``, docs/method.md 6.4)
 
 
 @dataclass
@@ -317,11 +318,12 @@ class FormatCheck:
 
 
 def check_format(text: str, tool_tags: tuple[str, ...] = DEFAULT_TOOL_TAGS) -> FormatCheck:
-    """The strict format check used for rewards and for the fine-tuning export.
+    """The strict format check of the fine-tuning export and of evaluation's ``format_valid``.
 
     A well-formed trajectory starts with ``<think>``, ends with ``</answer>``, has balanced think
     tags (at least one pair), exactly one answer block holding exactly one ``\\boxed{}`` and no
     think/tool tags, and every tool call is followed by its ``<result>...</result>``.
+    The RL reward uses the looser :func:`check_reward_format` (docs/method.md, Decision 2).
     """
     problems: list[str] = []
     body = text.strip()
@@ -362,4 +364,60 @@ def check_format(text: str, tool_tags: tuple[str, ...] = DEFAULT_TOOL_TAGS) -> F
         if depth not in (0, 1):
             problems.append("think tags nested or closed before opening")
             break
+    return FormatCheck(ok=not problems, problems=problems)
+
+
+def check_reward_format(text: str, tool_tags: tuple[str, ...] = DEFAULT_TOOL_TAGS) -> FormatCheck:
+    """The format check of the RL reward: the reference's ``validate_format`` (docs/method.md 6.4).
+
+    Looser than :func:`check_format`; its rules, on the text as it is (nothing stripped):
+
+    1. ``<think>`` and ``</think>`` occur equally often, at least once (nesting and position are
+       not checked);
+    2. ``<answer>`` and ``</answer>`` occur exactly once each, the open tag first;
+    3. every ``<tool>`` found by plain text search (for ``tool_tags``, and always for search and
+       python, as in the reference), scanning left to right from the end of the previous call's
+       result, is followed in this order by ``</tool>``, ``<result>`` and ``</result>``. Text may
+       stand between them, an open tag inside a think block counts, and calls whose open tag lies
+       before that result's end are skipped (two calls followed by one result pass). As in the
+       reference, the ``<result>`` of a search call is the first one after ``<search>`` (one
+       inside the query comes before ``</search>`` and fails), that of any other tool the first
+       one after its close tag;
+    4. the answer block contains ``\\boxed{`` and a ``}`` (any number of boxes, other text and
+       tags allowed).
+
+    Each broken rule adds a problem; ``ok`` is True when there is none.
+    """
+    problems: list[str] = []
+    n_open, n_close = text.count(open_tag(THINK)), text.count(close_tag(THINK))
+    if n_open != n_close or n_open == 0:
+        problems.append(f"think tags unbalanced or missing ({n_open} open, {n_close} close)")
+    ans_open, ans_close = open_tag(ANSWER), close_tag(ANSWER)
+    n_ans_open, n_ans_close = text.count(ans_open), text.count(ans_close)
+    if n_ans_open != 1 or n_ans_close != 1:
+        problems.append(f"needs exactly one <answer> and one </answer> ({n_ans_open} open, {n_ans_close} close)")
+    else:
+        start, end = text.find(ans_open), text.find(ans_close)
+        if start > end:
+            problems.append("</answer> comes before <answer>")
+        else:
+            content = text[start + len(ans_open) : end]
+            if "\\boxed{" not in content or "}" not in content:
+                problems.append("answer has no \\boxed{ and }")
+    res_open, res_close = open_tag(RESULT), close_tag(RESULT)
+    # the reference checks search and python calls whichever tools a run enables; other tools too
+    for tag in dict.fromkeys((*DEFAULT_TOOL_TAGS, *tool_tags)):
+        o, c = open_tag(tag), close_tag(tag)
+        pos = 0
+        while (i := text.find(o, pos)) >= 0:
+            j = text.find(c, i)
+            r = text.find(res_open, i if tag == SEARCH else max(j, 0))
+            k = text.find(res_close, max(r, 0))
+            if j < 0 or r < 0 or k < 0:
+                problems.append(f"<{tag}> call at offset {i} is not followed by </{tag}>, <result> and </result>")
+                break
+            if not j < r < k:
+                problems.append(f"<{tag}> call at offset {i}: <result> comes before </{tag}>")
+                break
+            pos = k
     return FormatCheck(ok=not problems, problems=problems)

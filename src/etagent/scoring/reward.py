@@ -5,11 +5,13 @@ For every trajectory s of a group G (the samples of one question):
     reward(s) = r(s) * f_tool(s) * f_len(s) + f_format(s)
     f_tool(s) = 2 / (1 + exp(sigma_tool   * (c(s) - mean_G c)))     in (0, 2), 1 at the group mean
     f_len(s)  = 2 / (1 + exp(sigma_length * z(s)))                  in (0, 2), z = length z-score
-    f_format  = -1 if the strict format check fails, else 0
+    f_format  = -1 if the reference's format check fails, else 0
 
 r is the raw correctness in [0, 1]; c counts complete tool-call pairs; z uses the population
-standard deviation over G (all zeros when it is 0). The range is [-1, 4). With both sigmas 0 the
-reward is r + f_format, which is what the released scripts train with.
+standard deviation over G (all zeros when it is 0). The format check is the reference's
+``validate_format`` (``tags.check_reward_format``, docs/method.md 6.4 and Decision 2), looser than
+the strict check of the fine-tuning export (``tags.check_format``). The range is [-1, 4). With
+both sigmas 0 the reward is r + f_format, which is what the released scripts train with.
 
 The sigmas can decay linearly over training (docs/method.md 6.3): ``sigma * sigma_factor(step, total)``.
 
@@ -171,7 +173,7 @@ def length_factor(lengths: Sequence[int | float], sigma: float) -> list[float]:
 
 
 def format_penalty(format_ok: Sequence[bool]) -> list[float]:
-    """f_format: -1 for a trajectory that fails the strict format check, else 0."""
+    """f_format: -1 for a trajectory that fails the reward's format check, else 0."""
     return [0.0 if ok else -1.0 for ok in format_ok]
 
 
@@ -303,7 +305,7 @@ def group_rewards(
         correctness=[trajectory_correctness(t, cfg.qa_metric, check) for t in trajectories],
         tool_calls=[tags.count_tool_calls(x, tool_tags) for x in texts],
         lengths=[trajectory_length(t, cfg.length_includes_tool_tokens) for t in trajectories],
-        format_ok=[tags.check_format(x, tool_tags).ok for x in texts],
+        format_ok=[tags.check_reward_format(x, tool_tags).ok for x in texts],
         sigma_tool=cfg.sigma_tool * factor,
         sigma_length=cfg.sigma_length * factor,
     )
