@@ -64,9 +64,7 @@ STAGES = {
         RolloutConfig,
         run_rollout,
     ),
-    # concurrency 1: the flywheel derives its sampling seeds from the first question of each batch
-    # it evolves together, and a resume re-forms the batches of the questions left, so with larger
-    # batches a question's trajectories depend on where the run was killed
+    # several batches of 8 questions evolved together (one seed and one batched generate each)
     "flywheel": Stage(
         [
             "flywheel",
@@ -75,7 +73,7 @@ STAGES = {
             "--limit",
             str(QUESTIONS),
             "--set",
-            "concurrency=1",
+            "concurrency=8",
         ],
         "buffers.jsonl",
         BufferRecord,
@@ -150,3 +148,18 @@ def test_a_stage_killed_at_a_random_point_resumes_to_the_uninterrupted_result(st
     if stage == "flywheel":  # the fine-tuning set is written from the buffers at the end
         straight_sft = [_content(o) for _, o in iter_jsonl(straight_dir / "sft.jsonl")]
         assert [_content(o) for _, o in iter_jsonl(killed_dir / "sft.jsonl")] == straight_sft
+
+
+def test_a_flywheel_batch_cut_short_is_evolved_again_whole(tmp_path):
+    """A buffer file that ends inside a batch (an older run, a copy cut short): the resumed run
+    evolves that batch again as the uninterrupted run did and keeps only its missing questions."""
+    cfg = load_config(
+        FlywheelConfig, REPO / "configs" / "flywheel_cold_start.yaml", ["limit=20", "concurrency=8"]
+    )
+    straight, cut = tmp_path / "straight", tmp_path / "cut"
+    run_flywheel(cfg, straight)
+    lines = (straight / "buffers.jsonl").read_text().splitlines(keepends=True)
+    cut.mkdir()
+    (cut / "buffers.jsonl").write_text("".join(lines[:11]))  # the second batch cut after 3 questions
+    run_flywheel(cfg, cut)
+    assert _records(cut / "buffers.jsonl", BufferRecord) == _records(straight / "buffers.jsonl", BufferRecord)

@@ -316,11 +316,17 @@ def run_flywheel(cfg: FlywheelConfig, run_dir: Path, flywheel: Flywheel | None =
                 writer,
                 bar,
             ):
-                for start in range(0, len(todo), cfg.concurrency):
-                    batch = todo[start : start + cfg.concurrency]
-                    for record in flywheel.evolve(batch):
-                        writer.write_group([record])  # one line per question, fsynced
-                    bar.update(len(batch))
+                # Batches are cut from the whole question list, not from what is left: a batch's
+                # seeds and batching decide its questions' samples, so a resumed run evolves the
+                # same batches as an uninterrupted one (a batch cut short is evolved again whole,
+                # and only its missing questions are kept). A batch is written at once, fsynced.
+                for start in range(0, len(questions), cfg.concurrency):
+                    batch = questions[start : start + cfg.concurrency]
+                    missing = [q for q in batch if q.id not in done]
+                    if not missing:
+                        continue
+                    writer.write_group([r for r in flywheel.evolve(batch) if r.question_id not in done])
+                    bar.update(len(missing))
         finally:
             for obj in to_close:
                 obj.close()
