@@ -89,6 +89,10 @@ def _setup_logging(verbose: bool = False) -> None:
     )
     # in a job of several processes the main one reports progress; the others only problems
     logging.getLogger("etagent").setLevel(logging.INFO if process_rank() == 0 else logging.WARNING)
+    from etagent.train.progress import console_filter
+
+    for handler in logging.getLogger().handlers:  # the console: records marked file-only stay in log.txt
+        handler.addFilter(console_filter)
 
 
 def _summary_table(title: str, summaries: dict[str, dict[str, Any]]) -> Table:
@@ -222,6 +226,16 @@ def _read_text(path: Path) -> str:
     return path.read_text(encoding="utf-8")
 
 
+KeepAliveOpt = Annotated[
+    float,
+    typer.Option(
+        min=0.1,
+        help="seconds an idle connection stays open; keep it longer than clients' pools keep theirs "
+        "(httpx 5 s, aiohttp 15 s), or a request sent as the server closes is lost",
+    ),
+]
+
+
 @app.command("serve-retriever")
 def serve_retriever(
     config: ConfigOpt = None,
@@ -230,11 +244,32 @@ def serve_retriever(
     host: str = "127.0.0.1",
     port: int = 1243,
     set_: SetOpt = None,
+    default_topk: Annotated[
+        int, typer.Option(min=1, max=1000, help="passages for a /retrieve request without topk (Search-R1: 3)")
+    ] = 3,
+    max_body_mb: Annotated[
+        float, typer.Option(min=0.001, help="largest request body, MiB; larger ones get HTTP 413")
+    ] = 4.0,
+    max_query_chars: Annotated[
+        int, typer.Option(min=1, help="longest query, characters; longer ones get HTTP 422")
+    ] = 8192,
+    max_batch: Annotated[int, typer.Option(min=1, help="most queries in one request; more get HTTP 422")] = 4096,
+    keep_alive_s: KeepAliveOpt = 75.0,
 ) -> None:
     """A retrieval server speaking the FlashRAG (/search, /batch_search) and Search-R1 (/retrieve) APIs."""
-    from etagent.tools.search.server import serve
+    from etagent.tools.search.server import RetrieverLimits, serve
 
-    serve(_search_config(config, set_, corpus, task), host=host, port=port)
+    limits = RetrieverLimits(
+        max_body_bytes=int(max_body_mb * 2**20), max_query_chars=max_query_chars, max_batch=max_batch
+    )
+    serve(
+        _search_config(config, set_, corpus, task),
+        host=host,
+        port=port,
+        default_top_k=default_topk,
+        limits=limits,
+        keep_alive_s=keep_alive_s,
+    )
 
 
 @app.command("serve-model")
@@ -243,14 +278,45 @@ def serve_model(
     model: Annotated[str | None, typer.Option(help="embedded, tiny, or a local model dir")] = None,
     host: str = "127.0.0.1",
     port: int = 8000,
+    dev_mode: Annotated[
+        bool,
+        typer.Option(
+            help="add vLLM's dev-mode weight routes (POST /collective_rpc reload_weights, "
+            "/reset_prefix_cache) for RL's vllm_server rollout engine; local use only"
+        ),
+    ] = False,
     set_: SetOpt = None,
+    max_body_mb: Annotated[
+        float, typer.Option(min=0.001, help="largest request body, MiB; larger ones get HTTP 413")
+    ] = 32.0,
+    max_sequences: Annotated[
+        int, typer.Option(min=1, help="most sequences (prompts x n) in one request; more get HTTP 422")
+    ] = 1024,
+    max_logprobs: Annotated[
+        int, typer.Option(min=0, help="most log-prob alternatives per token; more get HTTP 422")
+    ] = 20,
+    max_model_len: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="context window: prompt + max_tokens beyond it get HTTP 400 (default: the model's "
+            "max_position_embeddings); listed in /v1/models for clients",
+        ),
+    ] = None,
+    keep_alive_s: KeepAliveOpt = 75.0,
 ) -> None:
     """An OpenAI-compatible /v1/completions server over the hf backend (log-probs, token ids)."""
     from etagent.backends.config import BackendConfig
-    from etagent.backends.server import serve
+    from etagent.backends.server import ModelServerLimits, serve
 
     cfg = _load(BackendConfig, config, set_, {"model": model, "kind": "hf"})
-    serve(cfg, host=host, port=port)
+    limits = ModelServerLimits(
+        max_body_bytes=int(max_body_mb * 2**20),
+        max_sequences=max_sequences,
+        max_logprobs=max_logprobs,
+        max_model_len=max_model_len,
+    )
+    serve(cfg, host=host, port=port, dev_mode=dev_mode, limits=limits, keep_alive_s=keep_alive_s)
 
 
 @data_app.command("toolworld")
@@ -377,11 +443,41 @@ def rl(
 ) -> None:
     """Behaviour-calibration RL (GRPO + ET-Agent reward + ARPO branching); writes <run-dir>/model."""
     from etagent.rl.config import RLConfig
-    from etagent.rl.trl_engine import run_rl
+
+    def runner(cfg: RLConfig, rd: Path) -> dict[str, Any]:
+        _check_inputs(models=[cfg.model], data=[cfg.data_ref])  # the policy to train, its questions
+        from etagent.rl.trl_engine import run_rl  # TRL and datasets: seconds to import
+
+        return run_rl(cfg, rd)
 
     shortcuts = {"data": data, "task": task, "agent.backend.model": model, "max_steps": max_steps}
-    _, run_dir, summary = _run_stage("rl", RLConfig, config, set_, shortcuts, run_dir, run_rl)
+    _, run_dir, summary = _run_stage("rl", RLConfig, config, set_, shortcuts, run_dir, runner)
     _print_summary(summary, ("steps", "train_seconds", "seconds_per_step", "model", "train_log"))
+
+
+def _check_inputs(models: list[str], data: list[Any]) -> None:
+    """Fail now on a missing model directory or data file, not after the libraries are imported or
+    earlier stages have run for minutes; ``data``: callables that resolve a data setting."""
+    from etagent.backends.model_store import EMBEDDED, TINY, resolve_model
+
+    for name in models:
+        if name not in (EMBEDDED, TINY):  # those two are built on first use, which takes a while
+            resolve_model(name)
+    for resolve in data:
+        resolve()
+
+
+def _check_pipeline_inputs(cfg: Any) -> None:
+    """The inputs of a pipeline that come from its config (the later stages read earlier outputs)."""
+    from functools import partial
+
+    from etagent.tasks import resolve_data
+
+    data = [cfg.flywheel.data_ref, cfg.pareto.rollout.data_ref]
+    if cfg.cold_start:
+        data.insert(0, cfg.cold_start_data.data_ref)
+    data += [partial(resolve_data, d.data, d.task) for d in cfg.eval.datasets]
+    _check_inputs(models=[cfg.base_model], data=data)
 
 
 def _run_pipeline(command: str, cls: type[C], config: Path | None, set_: list[str] | None, run_dir: Path | None) -> None:
@@ -391,10 +487,15 @@ def _run_pipeline(command: str, cls: type[C], config: Path | None, set_: list[st
         console.rule(f"[bold]{command}: {name}")
 
     def runner(cfg: Any, rd: Path) -> dict[str, Any]:
+        _check_pipeline_inputs(cfg)
         return run_pipeline(cfg, rd, on_stage)
 
     _, run_dir, summary = _run_stage(command, cls, config, set_, {}, run_dir, runner)
-    console.print(f"run directory: {run_dir}")
+    from etagent.pipeline import dir_size, format_size, results_tables, stage_times_table
+
+    for table in [*results_tables(run_dir, summary), stage_times_table(summary)]:
+        console.print(table)
+    console.print(f"run directory: {run_dir} ({format_size(dir_size(run_dir))} on disk)")
     console.print(f"report: {summary['report']['html']}")
 
 
@@ -420,23 +521,9 @@ def demo(run_dir: RunDirOpt = None, config: ConfigOpt = None, set_: SetOpt = Non
 
 def _metrics_table(title: str, metrics: dict[str, Any]) -> Table:
     """One column per data set plus the overall means (metrics.json), percentages x100."""
-    from etagent.report.format import TERMINAL_METRICS, fmt_value
+    from etagent.report.format import terminal_table
 
-    datasets = metrics["datasets"]
-    table = Table(title=title)
-    table.add_column("metric")
-    for name in datasets:
-        table.add_column(name, justify="right")
-    table.add_column("overall", justify="right")
-    for spec in TERMINAL_METRICS:
-        values = [d.get(spec.key) for d in datasets.values()]
-        overall = metrics["overall"].get(spec.overall) if spec.overall else None
-        if all(v is None for v in values) and overall is None:
-            continue
-        row = [fmt_value(v, spec.kind) for v in [*values, overall]]
-        table.add_row(spec.short_label, *row)
-    table.add_row("trajectories", *[str(d.get("n", 0)) for d in datasets.values()], "")
-    return table
+    return terminal_table(title, metrics["datasets"], metrics["overall"])
 
 
 @app.command("eval")
@@ -544,7 +631,19 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+#: FutureWarnings of dependencies about their own internal calls, shown once per run and not
+#: actionable by a user: silenced in the command line only (tests and library users see them)
+KNOWN_DEPENDENCY_WARNINGS = (
+    r"`past_key_values` is deprecated",  # transformers' deprecate_kwarg, called by its own generate()
+    r"`is_gradient_checkpointing` is deprecated",  # read by TRL and PEFT
+)
+
+
 def main() -> None:
+    import warnings
+
+    for message in KNOWN_DEPENDENCY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=FutureWarning)
     _setup_logging()
     try:
         app()

@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from etagent.tools.base import build_tool, tool_class
-from etagent.tools.python_tool import PythonConfig, PythonTool, SandboxUnavailable
+from etagent.tools.python_tool import TOOL_FAILED, PythonConfig, PythonTool, SandboxUnavailable
 from etagent.tools.sandbox.worker import add_auto_print
+from tests.tools.sandbox_helpers import ALLOW_NO_SANDBOX, make_tool
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET_NAME = "ETAGENT_TEST_SECRET_" + uuid.uuid4().hex[:8].upper()
@@ -31,10 +32,7 @@ UID_BASE = 1_650_000_000 + (os.getpid() % 1000) * 4 * 65536  # each tool below g
 
 
 def _make(**kw) -> PythonTool:
-    try:
-        return PythonTool(PythonConfig(**kw))
-    except SandboxUnavailable as e:  # pragma: no cover - CI and the dev image have bwrap
-        pytest.skip(f"bwrap sandbox unavailable here: {e}")
+    return make_tool(**kw)  # fails when the sandbox cannot start, unless ETAGENT_ALLOW_NO_SANDBOX=1
 
 
 @pytest.fixture(scope="module")
@@ -386,6 +384,18 @@ def test_missing_bwrap_is_a_clear_error():
     assert "isolation: rlimits" in str(info.value)
 
 
+def test_a_sandbox_that_cannot_start_fails_the_tests(monkeypatch):
+    """A slow or broken sandbox must not hide behind a skip: only ETAGENT_ALLOW_NO_SANDBOX=1 skips."""
+    monkeypatch.delenv(ALLOW_NO_SANDBOX, raising=False)
+    with pytest.raises(pytest.fail.Exception, match=r"did not start within 0\.001 s"):
+        make_tool(start_timeout_s=0.001)
+    with pytest.raises(pytest.fail.Exception, match="apt-get install bubblewrap"):
+        make_tool(bwrap_path="/nonexistent/bwrap")
+    monkeypatch.setenv(ALLOW_NO_SANDBOX, "1")
+    with pytest.raises(pytest.skip.Exception, match="did not start within"):
+        make_tool(start_timeout_s=0.001)
+
+
 def test_pool_size_zero_starts_a_worker_per_call():
     t = _make(pool_size=0, sandbox_uid_base=UID_BASE + 2 * 65536)
     try:
@@ -395,11 +405,13 @@ def test_pool_size_zero_starts_a_worker_per_call():
         t.close()
 
 
-def test_closed_tool_returns_an_error():
+def test_closed_tool_returns_an_error(caplog):
     t = _make(pool_size=1, sandbox_uid_base=UID_BASE + 3 * 65536)
     t.close()
-    r = t.call("print(1)")
-    assert r.status == "error" and "closed" in r.text
+    with caplog.at_level(logging.WARNING, logger="etagent.tools.python_tool"):
+        r = t.call("print(1)")
+    assert (r.status, r.text) == ("error", TOOL_FAILED)  # the model reads a neutral text
+    assert any("closed" in rec.getMessage() for rec in caplog.records)  # the operator the reason
     t.close()  # idempotent
 
 

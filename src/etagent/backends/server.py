@@ -29,6 +29,13 @@ share sampling parameters into one ``generate()`` call and runs it in a single w
 model is not thread-safe, and one batch at a time is also what the CPU can do). Requests that
 arrive while a batch runs form the next one. Merging changes which random numbers a seeded
 request draws, so a ``seed`` is reproducible for identical traffic only.
+
+Request limits (:class:`ModelServerLimits`, ``etagent serve-model --help``), checked before a
+request joins a batch, so that one bad request cannot fail the requests merged with it: a body over
+``max_body_bytes`` gets HTTP 413 unparsed; more than ``max_sequences`` sequences (prompts x ``n``)
+or ``logprobs`` over ``max_logprobs`` get HTTP 422. As in vLLM, a prompt plus ``max_tokens`` beyond
+the context window (``max_model_len``, the model's by default, listed in ``/v1/models`` as vLLM
+does so that clients cap their requests) and token ids outside the vocabulary get HTTP 400.
 """
 
 from __future__ import annotations
@@ -42,13 +49,14 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
 from etagent.backends.base import Completion, Generator, SamplingParams
+from etagent.http_server import DEFAULT_KEEP_ALIVE_S, MIB, BodySizeLimit, uvicorn_config
 
 if TYPE_CHECKING:
     from etagent.backends.config import BackendConfig
@@ -68,7 +76,7 @@ class CompletionRequest(BaseModel):
     n: int = Field(1, ge=1)
     stop: str | list[str] | None = None
     logprobs: int | None = Field(None, ge=0)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**64)  # what torch.Generator.manual_seed takes
     repetition_penalty: float | None = Field(None, gt=0)
     stream: bool = False
     echo: bool = False
@@ -76,6 +84,46 @@ class CompletionRequest(BaseModel):
     skip_special_tokens: bool = True
     return_tokens_as_token_ids: bool = False
     add_special_tokens: bool = False
+
+
+@dataclass(frozen=True)
+class ModelServerLimits:
+    """What one request may ask of ``serve-model``. ``max_model_len`` None: the model's context
+    window (``max_position_embeddings``), or no check for a model that does not say."""
+
+    max_body_bytes: int = 32 * MIB  # 1024 prompts of 4000 token ids as JSON is ~25 MiB
+    max_sequences: int = 1024
+    max_logprobs: int = 20  # vLLM's default max_logprobs
+    max_model_len: int | None = None
+
+    def __post_init__(self) -> None:
+        for name, least in (
+            ("max_body_bytes", 1),
+            ("max_sequences", 1),
+            ("max_logprobs", 0),
+            ("max_model_len", 1),
+        ):
+            value = getattr(self, name)
+            if value is not None and value < least:
+                raise ValueError(f"{name} must be >= {least}, got {value}")
+
+
+def _model_config(generator: Generator) -> Any:
+    config = getattr(getattr(generator, "model", None), "config", None)
+    if config is not None and hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    return config
+
+
+def model_context_length(generator: Generator) -> int | None:
+    """The model's context window (``max_position_embeddings``), None when it does not say."""
+    value = getattr(_model_config(generator), "max_position_embeddings", None)
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def _vocab_size(generator: Generator) -> int:
+    value = getattr(_model_config(generator), "vocab_size", None)
+    return value if isinstance(value, int) and value > 0 else len(generator.tokenizer)
 
 
 @dataclass
@@ -130,6 +178,11 @@ class Batcher:
             for group in groups.values():
                 for part in _split(group, self.max_prompts):
                     await self._run(loop, part)
+
+    async def exclusive(self, fn: Any, *args: Any) -> Any:
+        """Run ``fn(*args)`` in the generation thread, between batches (the model is not
+        thread-safe: reloading weights must not race a forward pass)."""
+        return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
 
     async def _run(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job]) -> None:
         jobs = [j for j in jobs if not j.future.done()]  # a client that went away
@@ -210,11 +263,31 @@ def _choice(tokenizer: Any, c: Completion, index: int, req: CompletionRequest) -
     }
 
 
-def create_app(generator: Generator, model_name: str, *, batch_window_s: float = 0.005) -> FastAPI:
+class CollectiveRpcRequest(BaseModel):
+    """vLLM dev mode's ``POST /collective_rpc``; only ``reload_weights`` is understood here."""
+
+    method: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+def create_app(
+    generator: Generator,
+    model_name: str,
+    *,
+    batch_window_s: float = 0.005,
+    dev_mode: bool = False,
+    limits: ModelServerLimits | None = None,
+) -> FastAPI:
     """The FastAPI app serving ``generator`` (an :class:`~etagent.backends.hf.HFGenerator`) as
-    ``model_name``."""
+    ``model_name``. ``dev_mode`` adds vLLM's dev-mode weight routes, as RL's ``vllm_server``
+    rollout engine uses them (``POST /collective_rpc`` with ``reload_weights`` and
+    ``POST /reset_prefix_cache``): never expose them beyond the machine."""
+    limits = limits or ModelServerLimits()
+    if limits.max_model_len is None:
+        limits = replace(limits, max_model_len=model_context_length(generator))
     batcher = Batcher(generator, window_s=batch_window_s)
     tokenizer = generator.tokenizer
+    vocab_size = _vocab_size(generator)
     created = int(time.time())
 
     @asynccontextmanager
@@ -224,7 +297,9 @@ def create_app(generator: Generator, model_name: str, *, batch_window_s: float =
         await batcher.stop()
 
     app = FastAPI(title="etagent serve-model", lifespan=lifespan)
+    app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes, option="serve-model --max-body-mb")
     app.state.batcher = batcher
+    app.state.limits = limits
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -232,8 +307,35 @@ def create_app(generator: Generator, model_name: str, *, batch_window_s: float =
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        card = {"id": model_name, "object": "model", "created": created, "owned_by": "etagent"}
+        card: dict[str, Any] = {
+            "id": model_name,
+            "object": "model",
+            "created": created,
+            "owned_by": "etagent",
+        }
+        if limits.max_model_len is not None:  # as vLLM: clients (our openai backend) cap requests to it
+            card["max_model_len"] = limits.max_model_len
         return {"object": "list", "data": [card]}
+
+    if dev_mode:
+
+        @app.post("/collective_rpc")
+        async def collective_rpc(req: CollectiveRpcRequest) -> dict[str, Any]:
+            if req.method != "reload_weights":
+                raise HTTPException(400, f"method {req.method!r}: this server runs only reload_weights")
+            folder = req.kwargs.get("weights_path")
+            if not isinstance(folder, str):
+                raise HTTPException(400, "reload_weights needs kwargs.weights_path (a directory)")
+            try:
+                await batcher.exclusive(generator.reload_weights, folder)  # type: ignore[attr-defined]
+            except (OSError, ValueError) as e:
+                raise HTTPException(400, str(e)) from None
+            return {"results": [None]}
+
+        @app.post("/reset_prefix_cache")
+        async def reset_prefix_cache() -> dict[str, Any]:
+            await batcher.exclusive(generator.clear_prefix_cache)  # type: ignore[attr-defined]
+            return {}
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest) -> dict[str, Any]:
@@ -245,9 +347,18 @@ def create_app(generator: Generator, model_name: str, *, batch_window_s: float =
             raise HTTPException(400, "stream=true is not supported")
         if req.echo:
             raise HTTPException(400, "echo=true is not supported")
+        if req.logprobs is not None and req.logprobs > limits.max_logprobs:
+            raise HTTPException(
+                422,
+                f"logprobs={req.logprobs} asks for too many alternatives per token; this server returns "
+                f"at most {limits.max_logprobs} (serve-model --max-logprobs)",
+            )
+        _check_count(req, limits)
         prompts = _prompts(tokenizer, req)
+        max_tokens = req.max_tokens if req.max_tokens is not None else 16
+        _check_prompts(prompts, max_tokens, vocab_size, limits)
         params = SamplingParams(
-            max_new_tokens=req.max_tokens if req.max_tokens is not None else 16,
+            max_new_tokens=max_tokens,
             temperature=req.temperature if req.temperature is not None else 1.0,
             top_p=req.top_p if req.top_p is not None else 1.0,
             top_k=max(req.top_k or 0, 0),  # vLLM spells "off" -1
@@ -284,6 +395,41 @@ def create_app(generator: Generator, model_name: str, *, batch_window_s: float =
     return app
 
 
+def _prompt_count(req: CompletionRequest) -> int:
+    raw = req.prompt
+    return 1 if isinstance(raw, str) or (raw and all(isinstance(x, int) for x in raw)) else len(raw)
+
+
+def _check_count(req: CompletionRequest, limits: ModelServerLimits) -> None:
+    """Before any prompt is encoded: prompts x n within ``max_sequences``."""
+    count = _prompt_count(req)
+    if count * req.n > limits.max_sequences:
+        raise HTTPException(
+            422,
+            f"too many sequences: {count} prompt(s) x n={req.n} = {count * req.n} in one request; "
+            f"this server generates at most {limits.max_sequences} (serve-model --max-sequences)",
+        )
+
+
+def _check_prompts(
+    prompts: list[list[int]], max_tokens: int, vocab_size: int, limits: ModelServerLimits
+) -> None:
+    """Token ids in the vocabulary, prompt + max_tokens within the context window (vLLM's 400s)."""
+    for i, ids in enumerate(prompts):
+        where = "the prompt" if len(prompts) == 1 else f"prompt {i}"
+        bad = next((t for t in ids if not 0 <= t < vocab_size), None)
+        if bad is not None:
+            raise HTTPException(400, f"{where} has token id {bad}, outside the vocabulary [0, {vocab_size})")
+        window = limits.max_model_len
+        if window is not None and len(ids) + max_tokens > window:
+            raise HTTPException(
+                400,
+                f"This model's maximum context length is {window} tokens. However, you requested "
+                f"{len(ids) + max_tokens} tokens ({len(ids)} in {where}, {max_tokens} in the completion). "
+                "Please reduce the length of the prompt or the completion.",
+            )
+
+
 def _prompts(tokenizer: Any, req: CompletionRequest) -> list[list[int]]:
     raw = req.prompt
     items: list[str | list[int]]
@@ -315,18 +461,32 @@ def model_name_for(cfg: BackendConfig) -> str:
     return cfg.model if cfg.model in ("embedded", "tiny") else Path(cfg.model).expanduser().name
 
 
-def serve(cfg: BackendConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Load ``cfg`` with the hf backend and serve it until interrupted (``etagent serve-model``)."""
+def serve(
+    cfg: BackendConfig,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    dev_mode: bool = False,
+    *,
+    limits: ModelServerLimits | None = None,
+    keep_alive_s: float = DEFAULT_KEEP_ALIVE_S,
+) -> None:
+    """Load ``cfg`` with the hf backend and serve it until interrupted (``etagent serve-model``).
+
+    ``keep_alive_s``: how long an idle connection stays open (see :mod:`etagent.http_server`).
+    """
     import uvicorn
 
     from etagent.backends.hf import HFGenerator
 
     generator = HFGenerator.from_config(cfg)
-    uvicorn.run(create_app(generator, model_name_for(cfg)), host=host, port=port, log_level="info")
+    app = create_app(generator, model_name_for(cfg), dev_mode=dev_mode, limits=limits)
+    uvicorn.Server(uvicorn_config(app, host=host, port=port, keep_alive_s=keep_alive_s)).run()
 
 
 @contextlib.contextmanager
-def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+def serve_in_thread(
+    app: FastAPI, host: str = "127.0.0.1", port: int = 0, keep_alive_s: float = DEFAULT_KEEP_ALIVE_S
+) -> Iterator[str]:
     """Run ``app`` with uvicorn in a background thread; yields its base URL (``http://host:port/v1``).
 
     ``port=0`` picks a free port. For tests and for running a model server next to a trainer in
@@ -338,7 +498,9 @@ def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Ite
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(128)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn_config(app, keep_alive_s=keep_alive_s, log_level="warning", lifespan="on")
+    )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:

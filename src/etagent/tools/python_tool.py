@@ -7,7 +7,9 @@ workers (``pool_size``) keep the per-call cost far below starting ``python -c``.
 
 Behaviour follows docs/method.md 2.3: a trailing bare expression is printed (notebook style); the result is
 the stripped stdout on success, the traceback on error, a clear text on timeout or a limit.
-``call`` never raises for anything the code does.
+``call`` never raises for anything the code does. When the tool itself fails (the sandbox cannot
+start, the tool was closed), the model reads only :data:`TOOL_FAILED`; the reason goes to the log,
+once per distinct failure.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pydantic import Field
 from etagent.config import ConfigModel
 from etagent.protocol.tags import ToolSpec
 from etagent.tools.base import Tool, ToolResult
+from etagent.tools.failure_log import FailureLog
 from etagent.tools.sandbox.launch import Launcher, SandboxUnavailable, WorkerLimits
 from etagent.tools.sandbox.pool import PoolClosed, RunOutcome, SandboxStartError, WorkerPool, run_in_worker
 from etagent.tools.sandbox.worker import EXIT_DISK, EXIT_MEMORY, EXIT_PROCESSES
@@ -30,6 +33,9 @@ from etagent.tools.sandbox.worker import EXIT_DISK, EXIT_MEMORY, EXIT_PROCESSES
 log = logging.getLogger(__name__)
 
 __all__ = ["PythonConfig", "PythonTool", "SandboxUnavailable"]
+
+#: what the model reads when the tool, not the code, failed (the reference's failure marker)
+TOOL_FAILED = "Tool execute failed: the code was not run."
 
 _MEMORY_HINTS = ("MemoryError", "Cannot allocate memory", "std::bad_alloc", "out of memory")
 
@@ -125,6 +131,7 @@ class PythonTool(Tool):
             site_packages=cfg.site_packages,
         )
         self._pool = WorkerPool(launcher, cfg.pool_size, cfg.start_timeout_s)
+        self._failures = FailureLog(log, "python tool failed")
         # closes the pool if the tool is dropped without close() (idle workers are processes)
         self._finalizer = weakref.finalize(self, self._pool.close)
         try:
@@ -149,6 +156,8 @@ class PythonTool(Tool):
         result = self.call("print(1)")
         if result.text != "1":
             self.close()
+            if result.text == TOOL_FAILED and self._failures.last is not None:
+                raise SandboxUnavailable(self._failures.last)  # the reason, not the model's text
             raise SandboxUnavailable(_start_failure_message(self.cfg, result.text))
 
     # ------------------------------------------------------------------ calls
@@ -161,14 +170,16 @@ class PythonTool(Tool):
             try:
                 worker = self._pool.acquire(self.cfg.start_timeout_s)
             except PoolClosed:
-                return ToolResult("Error: the python tool has been closed.", "error")
+                self._failures.record("called after the tool was closed")
+                return ToolResult(TOOL_FAILED, "error")
             except SandboxStartError as e:
-                return ToolResult(f"Error: the python sandbox could not start: {e}", "error")
+                self._failures.record(_start_failure_message(self.cfg, str(e)))
+                return ToolResult(TOOL_FAILED, "error")
             try:
                 outcome = run_in_worker(worker, code, self.cfg.timeout_s, self.cfg.max_output_bytes)
             except Exception as e:  # an OS error on our side of the pipes, never the program's doing
-                log.exception("python tool: running a worker failed")
-                return ToolResult(f"Tool execute failed: {e}", "error")
+                self._failures.record(f"running a worker failed: {type(e).__name__}: {e}", exc_info=e)
+                return ToolResult(TOOL_FAILED, "error")
             finally:
                 self._pool.discard(worker)
             if outcome.input_failed and not outcome.stdout and attempt == 0:

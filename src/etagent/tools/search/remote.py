@@ -13,10 +13,18 @@ Two wire formats:
 Documents arrive as ``contents`` (``"Title"\\ntext``); explicit ``title``/``text`` fields win when
 a server sends them. Connection errors, timeouts and HTTP 5xx are retried with exponential
 backoff; what finally fails raises :class:`RetrieverError` naming the URL.
+
+Kept-alive connections: the pool gives up an idle connection after :data:`KEEPALIVE_EXPIRY_S`,
+before servers with uvicorn's default keep-alive (5 s, as FlashRAG's ``host_wiki.py``) close it.
+A request sent on a connection that the server closes at that instant is lost without ever
+running (``ReadError``, "server disconnected"; see :mod:`etagent.http_server`); such a request is
+sent once more at once, on a fresh connection, without counting against ``retries`` (searches are
+idempotent).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +37,12 @@ from etagent.tools.search.corpus import Doc, parse_contents
 from etagent.tools.search.retriever import RetrieverError, RetrieverTimeout
 
 Api = Literal["flashrag", "search-r1"]
+
+#: seconds the client keeps an idle connection for reuse: below uvicorn's default keep-alive (5 s)
+KEEPALIVE_EXPIRY_S = 4.0
+
+#: what a request sent on a connection the server closed under it raises (the request did not run)
+_CLOSED_UNDER_US = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
 
 class RetrieverHTTPError(RetrieverError):
@@ -166,8 +180,23 @@ class RemoteRetriever(ABC):
         # connecting to a live local server takes milliseconds; a short connect timeout makes a
         # dead server fail fast instead of waiting out the whole read timeout
         self._client = httpx.Client(
-            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)), transport=transport
+            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
+            limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY_S),
+            transport=transport,
         )
+        #: requests re-sent at once because the server closed their connection under them
+        self.resent = 0
+        self._resent_lock = threading.Lock()
+
+    def _send(self, url: str, payload: dict[str, Any]) -> httpx.Response:
+        try:
+            return self._client.post(url, json=payload)
+        except _CLOSED_UNDER_US:
+            # the server closed the kept-alive connection as we reused it (idle-timeout race): the
+            # request never ran; send it again now (httpx dropped that connection from the pool)
+            with self._resent_lock:
+                self.resent += 1
+            return self._client.post(url, json=payload)
 
     def _post(self, path: str, payload: dict[str, Any]) -> Any:
         url = self.base_url + path
@@ -177,7 +206,7 @@ class RemoteRetriever(ABC):
             if attempt:
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
             try:
-                response = self._client.post(url, json=payload)
+                response = self._send(url, payload)
             except httpx.TransportError as e:  # includes timeouts
                 last = e
                 continue
@@ -202,10 +231,14 @@ class RemoteRetriever(ABC):
             raise RetrieverTimeout(
                 f"search server {url} did not answer within {self.timeout_s:g} s ({tries})"
             )
-        if isinstance(last, httpx.TransportError):
+        if isinstance(last, httpx.ConnectError):
             raise RetrieverError(
                 f"search server {url} is unreachable ({type(last).__name__}: {last}; {tries}); "
                 "start one with `etagent serve-retriever` or fix search.url"
+            )
+        if isinstance(last, httpx.TransportError):
+            raise RetrieverError(
+                f"search server {url} dropped the connection ({type(last).__name__}: {last}; {tries})"
             )
         assert last is not None
         raise last
