@@ -13,6 +13,7 @@ from etagent.loop.arpo import ArpoConfig
 from etagent.rollout.stage import DATA_HELP, TASK_HELP
 from etagent.scoring.reward import RewardConfig
 from etagent.tasks import DataRef, resolve_data
+from etagent.train.save import SAVE_DTYPE_HELP, SaveDtype
 
 
 class RLLoggingConfig(ConfigModel):
@@ -43,15 +44,33 @@ class ImportanceSamplingConfig(ConfigModel):
     clip_min: float | None = Field(None, ge=0, description="lower bound (*_mask modes); None = none")
 
 
+class ColocateConfig(ConfigModel):
+    """vLLM inside each training process (TRL's colocate mode)."""
+
+    gpu_memory_utilization: float = Field(
+        0.3, gt=0, le=1, description="share of the device's memory vLLM takes (on CPU: of the RAM)"
+    )
+    sleep_mode: bool = Field(
+        True,
+        description="release vLLM's weights and KV cache during the policy update (GPU only; vLLM on "
+        "CPU ignores it)",
+    )
+    max_model_len: int | None = Field(
+        None, ge=1, description="vLLM's context window; None = the model's; prompts that fill it end with 'context'"
+    )
+
+
 class RolloutEngineConfig(ConfigModel):
     """What samples RL's trajectories (docs/scaling.md)."""
 
-    engine: Literal["policy", "vllm_server"] = Field(
+    engine: Literal["policy", "vllm_server", "vllm_colocate"] = Field(
         "policy",
         description="policy: etagent's hf loop on the trainer's own weights (agent.backend.kind hf); "
         "vllm_server: one or more vLLM servers through the openai backend (agent.backend.kind openai, "
-        "backend.openai.base_url), given the new weights after every update",
+        "backend.openai.base_url), given the new weights after every update; vllm_colocate: vLLM in "
+        "each training process (TRL's colocate mode, agent.backend.kind hf; needs vllm installed)",
     )
+    colocate: ColocateConfig = Field(default_factory=ColocateConfig)
     weight_sync: Literal["disk", "nccl"] = Field(
         "disk",
         description="vllm_server: how new weights reach the servers. disk: saved under sync_dir, then "
@@ -127,6 +146,14 @@ class RLConfig(ConfigModel):
     )
     save_steps: int = Field(10, ge=1, description="checkpoint every N rollout steps")
     save_total_limit: int | None = Field(2, ge=1, description="checkpoints kept (oldest removed)")
+    keep_checkpoints: bool = Field(
+        True,
+        description="keep checkpoints/checkpoint-N (weights and optimizer state, ~4x an fp32 model each) "
+        "once the run has finished and model/ is written: a later run with a larger max_steps continues "
+        "from them; false removes them (the pipeline's and demo's default). While training they are "
+        "always kept: they resume a killed run",
+    )
+    save_dtype: SaveDtype = Field("auto", description=SAVE_DTYPE_HELP)
     seed: int = 0
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = all cores")
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -138,7 +165,7 @@ class RLConfig(ConfigModel):
     @model_validator(mode="after")
     def _consistent(self) -> RLConfig:
         kind = self.agent.backend.kind
-        needed = {"policy": "hf", "vllm_server": "openai"}[self.rollout.engine]
+        needed = {"policy": "hf", "vllm_server": "openai", "vllm_colocate": "hf"}[self.rollout.engine]
         if kind != needed:
             raise ValueError(
                 f"agent.backend.kind is {kind!r}, but rollout.engine {self.rollout.engine} rolls out with "

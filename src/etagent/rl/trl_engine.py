@@ -29,9 +29,11 @@ Where TRL's contract does not fit:
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,7 +49,9 @@ from etagent.rl.samples import PolicyRollout, batch_rewards, reward_metrics, spl
 from etagent.rl.weight_sync import ServerWeightSync, install_server_engine, server_root
 from etagent.scoring.correctness import AnswerCheck
 from etagent.tools.base import Tool
+from etagent.train.progress import send_metric_dicts_to_log
 from etagent.train.save import save_trainer_model
+from etagent.train.sft import is_model_dir
 
 log = logging.getLogger("etagent.rl")
 
@@ -119,7 +123,14 @@ class RolloutFunc:
         step = rollout_step(trainer.state.global_step, self.cfg)
         # each process draws its own ARPO branches and samples (process 0: the one-process seed)
         seed = self.cfg.seed * 1_000_003 + step + 7_919 * trainer.accelerator.process_index
-        trajs, stats = self.rollout.run(questions, seed=seed)
+        engine = self.rollout.loop.generator
+        if hasattr(engine, "rollout_begin"):  # vllm_colocate: awake for the whole rollout
+            engine.rollout_begin(f"step{trainer.state.global_step}")
+        try:
+            trajs, stats = self.rollout.run(questions, seed=seed)
+        finally:
+            if hasattr(engine, "rollout_end"):
+                engine.rollout_end()
         samples = [to_policy_sample(t, self.eos_id) for t in trajs]
         return {
             "prompt_ids": [s.prompt_ids for s in samples],
@@ -330,10 +341,16 @@ def grpo_args(cfg: RLConfig, run_dir: Path, use_cpu: bool, bf16: bool) -> Any:
         # the trainer's log-probs are of the distribution that sampled (logits / T), as the server's
         # processed log-probs are: importance ratios compare like with like (docs/scaling.md)
         temperature=cfg.agent.sampling.temperature or 1.0,
-        # nccl: TRL's own client and broadcast; disk: installed after construction (weight_sync.py)
-        use_vllm=engine.engine == "vllm_server" and engine.weight_sync == "nccl",
-        vllm_mode="server",
+        # colocate and nccl: TRL's own engine / client and weight transfer; disk: installed after
+        # construction (weight_sync.py)
+        use_vllm=engine.engine == "vllm_colocate"
+        or (engine.engine == "vllm_server" and engine.weight_sync == "nccl"),
+        vllm_mode="colocate" if engine.engine == "vllm_colocate" else "server",
         vllm_server_base_url=_server_root(cfg) if engine.engine == "vllm_server" else None,
+        vllm_gpu_memory_utilization=engine.colocate.gpu_memory_utilization,
+        vllm_enable_sleep_mode=engine.colocate.sleep_mode and engine.engine == "vllm_colocate",
+        vllm_max_model_length=engine.colocate.max_model_len,
+        vllm_tensor_parallel_size=1,
         vllm_importance_sampling_correction=engine.importance_sampling.enabled,
         vllm_importance_sampling_mode=engine.importance_sampling.mode,
         vllm_importance_sampling_clip_max=engine.importance_sampling.clip_max,
@@ -412,6 +429,10 @@ def build_trainer(
 
     def make_rollout(trainer: Any) -> PolicyRollout:
         gen = generator
+        if gen is None and cfg.rollout.engine == "vllm_colocate":
+            from etagent.backends.vllm_local import VLLMEngineGenerator
+
+            gen = VLLMEngineGenerator(trainer.vllm_generation, tokenizer, model=cfg.model)
         if gen is None and cfg.rollout.engine == "policy":
             gen = HFGenerator(
                 trainer.model,
@@ -437,6 +458,7 @@ def build_trainer(
         rollout_func=rollout_func,
         callbacks=[_jsonl_callback(writer)],
     )
+    send_metric_dicts_to_log(trainer)  # TRL's ~40-key dict per step goes to log.txt, not the console
     if cfg.rollout.engine == "policy":
         _refuse_sharded_policy(trainer)
     else:
@@ -483,6 +505,9 @@ def run_rl(
     """Train, resuming from the last checkpoint in ``run_dir``; write ``<run_dir>/model``."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    finished = _finished_summary(cfg, run_dir)
+    if finished is not None:
+        return finished
     trainer, writer = build_trainer(cfg, run_dir, questions=questions, generator=generator, tools=tools)
     resume = last_checkpoint(run_dir)
     main = trainer.accelerator.is_main_process
@@ -501,7 +526,7 @@ def run_rl(
     elapsed = time.perf_counter() - t0
 
     model_dir = run_dir / MODEL_DIR
-    save_trainer_model(trainer, model_dir)
+    save_trainer_model(trainer, model_dir, cfg.save_dtype)
     records = [obj for _, obj in iter_jsonl(run_dir / TRAIN_LOG)] if (run_dir / TRAIN_LOG).exists() else []
     step_times = [r["step_seconds"] for r in records if r.get("step_seconds") is not None]
     summary = {
@@ -516,4 +541,44 @@ def run_rl(
     }
     if main:
         atomic_write_json(run_dir / SUMMARY, summary)
+        if not cfg.keep_checkpoints:
+            remove_checkpoints(run_dir)
+    trainer.accelerator.wait_for_everyone()
     return summary
+
+
+def remove_checkpoints(run_dir: Path) -> None:
+    """Delete ``checkpoints/``: the ``checkpoint-N`` directories and TRL's model card; TensorBoard's
+    event files (``checkpoints/runs/``) stay."""
+    folder = run_dir / CHECKPOINTS
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        if path.name == "runs":
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    if not any(folder.iterdir()):
+        folder.rmdir()
+
+
+def _finished_summary(cfg: RLConfig, run_dir: Path) -> dict[str, Any] | None:
+    """The stored summary of a run that finished and dropped its checkpoints (nothing to resume
+    from): returned as is when it reached ``max_steps``; a larger ``max_steps`` is refused, as
+    training again from the initial policy would silently replace the trained model."""
+    if last_checkpoint(run_dir) is not None:
+        return None
+    summary_path = run_dir / SUMMARY
+    if not (summary_path.exists() and is_model_dir(run_dir / MODEL_DIR)):
+        return None
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    if summary.get("steps", 0) >= cfg.max_steps:
+        log.info("rl: %s is already complete (%s steps)", run_dir / MODEL_DIR, summary.get("steps"))
+        return summary
+    raise ConfigError(
+        f"rl: {run_dir} finished at {summary.get('steps')} steps and its checkpoints were removed "
+        f"(keep_checkpoints: false), so it cannot continue to max_steps={cfg.max_steps}; start a new run "
+        f"directory from its model ({run_dir / MODEL_DIR})"
+    )
