@@ -18,21 +18,12 @@ import argparse
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from bench_serving import _free_port, model_server  # the sibling script: benchmarks/ is on sys.path
 
 
 def rl_step_seconds(processes: int, threads: int, steps: int, run_dir: Path) -> float:
@@ -57,32 +48,6 @@ def rl_step_seconds(processes: int, threads: int, steps: int, run_dir: Path) -> 
     lines = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
     times = sorted(r["step_seconds"] for r in lines[1:])
     return times[len(times) // 2]
-
-
-@contextlib.contextmanager
-def model_server(model: str, threads: int) -> Iterator[str]:
-    port = _free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "etagent.cli", "serve-model", "--model", model, "--port", str(port),
-         "--set", f"hf.threads={threads}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"serve-model exited with {proc.returncode}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise SystemExit("serve-model did not become healthy in 300 s")
-            time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def rollout_tokens_per_s(generator, questions, tokens: int) -> tuple[float, int]:

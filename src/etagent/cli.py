@@ -511,7 +511,8 @@ def pipeline(config: ConfigOpt = None, set_: SetOpt = None, run_dir: RunDirOpt =
 
 @app.command()
 def demo(run_dir: RunDirOpt = None, config: ConfigOpt = None, set_: SetOpt = None) -> None:
-    """The pipeline on the embedded defaults, sized for a 2-core CPU; ends with the report's path."""
+    """The pipeline on the embedded defaults, sized for a 2-core CPU; ends with the results of the
+    base, fine-tuned and RL models, the stage times, the run directory's size and the report's path."""
     from etagent.demo import DemoConfig
 
     _run_pipeline("demo", DemoConfig, config, set_, run_dir)
@@ -644,6 +645,10 @@ def main() -> None:
 
     for message in KNOWN_DEPENDENCY_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=FutureWarning)
+    # the same deprecation, also logged once by transformers' output-capturing wrapper
+    logging.getLogger("transformers.utils.generic").addFilter(
+        lambda record: "`past_key_values`/`cache_params` are deprecated" not in record.getMessage()
+    )
     _setup_logging()
     try:
         app()

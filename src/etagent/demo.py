@@ -70,6 +70,7 @@ def _rl() -> RLConfig:
         learning_rate=1e-5,
         agent=AgentConfig(budget=_BUDGET.model_copy(update={"on_budget": "stop"})),
         save_steps=2,
+        keep_checkpoints=False,  # 2 x 1.5 GB of optimizer state once the stage has finished
     )
 
 

@@ -61,7 +61,8 @@ class PipelineConfig(ConfigModel):
     )
     curriculum_stages: int = Field(1, ge=0, description="K rounds of Pareto sampling + RL")
     pareto: ParetoStageConfig = Field(default_factory=ParetoStageConfig)
-    rl: RLConfig = Field(default_factory=RLConfig)
+    # a finished RL stage's checkpoints (optimizer state: ~4x an fp32 model each) are not kept
+    rl: RLConfig = Field(default_factory=lambda: RLConfig(keep_checkpoints=False))
     eval: EvalConfig = Field(default_factory=EvalConfig)
     eval_base: bool = Field(True, description="also evaluate the base model (the report's baseline)")
 
@@ -168,3 +169,78 @@ def run_pipeline(
     cfg: PipelineConfig, run_dir: Path, on_stage: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
     return Pipeline(cfg, run_dir, on_stage).run()
+
+
+# ---------------------------------------------------------------------------------------------
+# what the pipeline and the demo print at the end
+
+
+def dir_size(path: Path) -> int:
+    """Bytes of the files under ``path`` (links not followed)."""
+    total = 0
+    for p in Path(path).rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            total += p.stat().st_size
+    return total
+
+
+def format_size(size: int) -> str:
+    for unit, factor in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= factor:
+            return f"{size / factor:.1f} {unit}"
+    return f"{size} B"
+
+
+def format_seconds(seconds: float) -> str:
+    s = round(seconds)
+    h, rest = divmod(s, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def eval_metrics(run_dir: Path, summaries: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The ``metrics.json`` of each evaluated model, by label (base, sft, rl), in run order."""
+    out = {}
+    for name in summaries:
+        if name.startswith("07-eval/"):
+            path = Path(run_dir) / name / "metrics.json"
+            out[name.split("/", 1)[1]] = json.loads(path.read_text(encoding="utf-8"))
+    return out
+
+
+def results_tables(run_dir: Path, summaries: dict[str, Any]) -> list[Any]:
+    """The evaluated models side by side: per data set the rows ``etagent eval`` prints (one
+    column per model), and with several data sets the overall means as ``etagent report`` prints."""
+    from etagent.report.format import overall_table, terminal_table
+
+    metrics = eval_metrics(run_dir, summaries)
+    names: list[str] = []
+    for m in metrics.values():
+        names += [n for n in m["datasets"] if n not in names]
+    tables = [
+        terminal_table(f"results: {name}", {label: m["datasets"].get(name) for label, m in metrics.items()})
+        for name in names
+    ]
+    if len(names) > 1:
+        overall = {label: m["overall"] for label, m in metrics.items()}
+        tables.append(overall_table("results: overall (mean over data sets)", overall))
+    return tables
+
+
+def stage_times_table(summaries: dict[str, Any]) -> Any:
+    """Wall time of each stage (``stage_seconds`` of its ``stage.json``: the invocation that finished
+    it; a stage resumed after a kill counts only its last part)."""
+    from rich.table import Table
+
+    table = Table(title="stage times")
+    table.add_column("stage")
+    table.add_column("time", justify="right")
+    total = 0.0
+    for name, summary in summaries.items():
+        seconds = summary.get("stage_seconds") if isinstance(summary, dict) else None
+        if seconds is None:
+            continue
+        total += seconds
+        table.add_row(name, format_seconds(seconds))
+    table.add_row("total", format_seconds(total))
+    return table

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from etagent.backends.server import ModelServerLimits, create_app, model_context_length, serve_in_thread
+from tests.raw_http import read_response
 
 LIMITS = ModelServerLimits(max_body_bytes=8192, max_sequences=4, max_logprobs=2, max_model_len=64)
 
@@ -23,30 +24,6 @@ def url(tiny_gen):
 
 def post(url: str, **body) -> httpx.Response:
     return httpx.post(f"{url}/completions", json={"model": "tiny", "temperature": 0, **body}, timeout=60)
-
-
-def read_response(s: socket.socket) -> bytes:
-    """One whole HTTP/1.1 response (head and Content-Length body) from a raw socket; b"" on EOF."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = s.recv(65536)
-        if not chunk:
-            return data
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = int(
-        next(
-            v
-            for k, _, v in (h.partition(b":") for h in head.split(b"\r\n"))
-            if k.lower() == b"content-length"
-        )
-    )
-    while len(body) < length:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        body += chunk
-    return head + b"\r\n\r\n" + body
 
 
 def detail(response: httpx.Response) -> str:

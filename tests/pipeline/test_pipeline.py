@@ -7,7 +7,9 @@ import json
 import pytest
 
 import etagent.pipeline as pipeline_mod
+from etagent.config import dump_config
 from etagent.pipeline import STAGE_DONE, PipelineConfig, run_pipeline
+from tests.cli_helpers import invoke_ok
 
 SMALL_BUDGET = {"max_tool_calls": 2, "max_new_tokens_per_call": 16, "max_response_tokens": 48}
 
@@ -72,3 +74,22 @@ def test_pipeline_runs_every_stage_and_resumes_after_a_kill(tmp_path, monkeypatc
     # a third call finds everything done and only rewrites the report
     run_pipeline(_config(), tmp_path)
     assert calls["run_rl"] == 2 and calls["run_eval"] == 3
+
+    # finished training stages keep their model, not their checkpoints (the pipeline's default)
+    for stage in ("02-cold-start-sft", "04-sft", "06-rl-1"):
+        assert not (tmp_path / stage / "checkpoints").exists(), stage
+
+    # the end of `etagent pipeline` (here on the finished run): the models' results side by side,
+    # the time of each stage and the run directory's size
+    config_file = tmp_path.parent / f"{tmp_path.name}-pipeline.yaml"
+    config_file.write_text(dump_config(_config()))
+    out = invoke_ok("pipeline", "-c", str(config_file), "--run-dir", str(tmp_path)).output
+    assert calls["run_rl"] == 2 and calls["run_eval"] == 3
+    results = out[out.index("results: toolworld-dev") : out.index("stage times")]
+    header = next(line for line in results.splitlines() if "metric" in line)
+    assert [c.strip() for c in header.strip("│┃ ").split("┃")][1:] == ["base", "sft", "rl"]
+    assert "correctness P (F1)" in results and "trajectories" in results
+    times = out[out.index("stage times") : out.index("run directory")]
+    for stage in ("01-cold-start-data", "04-sft", "06-rl-1", "07-eval/rl", "total"):
+        assert stage in times, stage
+    assert f"run directory: {tmp_path} (" in out.replace("\n", "") and " on disk)" in out

@@ -318,3 +318,89 @@ def test_the_sigma_decay_reaches_the_reward_step_by_step(tiny_model_path, tmp_pa
         assert line["reward"] == pytest.approx(sum(scores) / 4)
     assert spreads[0] > spreads[2] > 0 and spreads[4] == spreads[5] == 0.0
     assert [line["reward_std"] > 0 for line in log_lines] == [True, True, False]
+
+
+def test_a_finished_run_drops_its_checkpoints_saves_bf16_and_is_not_redone(tiny_model_path, tmp_path, monkeypatch):
+    """keep_checkpoints false: the checkpoint resumes a killed run, and is gone once the run has
+    finished; save_dtype bfloat16: the model is bf16 on disk and loads and generates."""
+    from safetensors.torch import load_file
+
+    from etagent.backends.base import SamplingParams
+    from etagent.backends.config import BackendConfig
+    from etagent.backends.hf import HFConfig, HFGenerator
+    from etagent.config import ConfigError
+    from etagent.rl import trl_engine
+
+    questions = load_split("train")[:4]
+    cfg = _cfg(tiny_model_path, max_steps=2, save_steps=1, keep_checkpoints=False, save_dtype="bfloat16")
+    real_record = JsonlLog.record
+
+    def crash_at_step_2(self, step, logs):
+        if step == 2:
+            raise KeyboardInterrupt  # killed during the second step, after checkpoint-1
+        return real_record(self, step, logs)
+
+    monkeypatch.setattr(JsonlLog, "record", crash_at_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_rl(cfg, tmp_path, questions=questions)
+    assert (tmp_path / "checkpoints" / "checkpoint-1").is_dir()  # kept while the stage runs
+    monkeypatch.undo()
+
+    summary = run_rl(cfg, tmp_path, questions=questions)
+    assert summary["resumed_from"].endswith("checkpoint-1") and summary["steps"] == 2
+    assert not (tmp_path / "checkpoints").exists()
+    model_dir = tmp_path / "model"
+    weights = load_file(str(model_dir / "model.safetensors"))
+    assert weights and all(t.dtype == torch.bfloat16 for t in weights.values())
+    assert json.loads((model_dir / "config.json").read_text())["dtype"] == "bfloat16"
+    base = load_file(str(tiny_model_path / "model.safetensors"))
+    assert (model_dir / "model.safetensors").stat().st_size < (tiny_model_path / "model.safetensors").stat().st_size
+    assert weights.keys() <= base.keys()
+    gen = HFGenerator.from_config(BackendConfig(model=str(model_dir), hf=HFConfig(threads=1, device="cpu")))
+    try:
+        out = gen.generate([[{"role": "user", "content": "Hi?"}]], SamplingParams(max_new_tokens=3))
+        assert len(out[0][0].token_ids) >= 1
+    finally:
+        gen.close()
+
+    # run again: the stored summary, no training (nothing to resume from, the model is complete)
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(trl_engine, "build_trainer", no_training)
+    assert run_rl(cfg, tmp_path, questions=questions) == summary
+    # more steps cannot continue without checkpoints: a clear error, the model is left alone
+    with pytest.raises(ConfigError, match="keep_checkpoints: false"):
+        run_rl(cfg.model_copy(update={"max_steps": 3}), tmp_path, questions=questions)
+    assert load_file(str(model_dir / "model.safetensors")).keys() == weights.keys()
+
+
+def test_rl_command_keeps_trl_metric_dicts_off_the_console(tiny_model_path, tmp_path):
+    """`etagent rl` as a user runs it: TRL's per-step dict of metrics is in log.txt, not on stdout
+    or stderr, where our one-line step summary stays; known dependency FutureWarnings are silent."""
+    import os
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "rl"
+    args = [
+        "rl", "--model", str(tiny_model_path), "--max-steps", "1", "--run-dir", str(run_dir),
+        "--set", "threads=1", "--set", "logging.report_to=none", "--set", "agent.tools.enabled=[search]",
+        "--set", "agent.budget.max_new_tokens_per_call=16", "--set", "agent.budget.max_response_tokens=48",
+        "--set", "num_generations=2", "--set", "arpo.n=2", "--set", "arpo.initial_rollouts=1",
+        "--set", "questions_per_step=1", "--set", "micro_batch_size=2", "--set", "limit=2",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    done = subprocess.run(
+        [sys.executable, "-m", "etagent.cli", *args], capture_output=True, text=True, timeout=600, env=env
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    console = done.stdout + done.stderr
+    assert "step 1: reward" in console  # our summary line
+    for trl_key in ("'clip_ratio/region_mean'", "'frac_reward_zero_std'", "'completions/mean_length'"):
+        assert trl_key not in console, console[-3000:]
+    log_text = (run_dir / "log.txt").read_text()
+    assert "'clip_ratio/region_mean'" in log_text and "'frac_reward_zero_std'" in log_text
+    assert "`past_key_values` is deprecated" not in console
+    assert "`is_gradient_checkpointing` is deprecated" not in console
+    assert "`past_key_values`/`cache_params` are deprecated" not in console

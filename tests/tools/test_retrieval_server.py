@@ -16,6 +16,7 @@ from etagent.http_server import DEFAULT_KEEP_ALIVE_S
 from etagent.tools.search import BM25Index, Doc
 from etagent.tools.search.remote import KEEPALIVE_EXPIRY_S, make_client
 from etagent.tools.search.server import BackgroundServer, RetrieverLimits, create_app
+from tests.raw_http import read_response
 
 # six documents about towers, so that a query for "tower" has more matches than any default top-k
 DOCS = [
@@ -37,30 +38,6 @@ def server(index: BM25Index) -> Iterator[BackgroundServer]:
 
 def post(server: BackgroundServer, path: str, payload: dict) -> httpx.Response:
     return httpx.post(server.url + path, json=payload, timeout=30)
-
-
-def read_response(s: socket.socket) -> bytes:
-    """One whole HTTP/1.1 response (head and Content-Length body) from a raw socket; b"" on EOF."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = s.recv(65536)
-        if not chunk:
-            return data
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = int(
-        next(
-            v
-            for k, _, v in (h.partition(b":") for h in head.split(b"\r\n"))
-            if k.lower() == b"content-length"
-        )
-    )
-    while len(body) < length:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        body += chunk
-    return head + b"\r\n\r\n" + body
 
 
 # --------------------------------------------------------------------------------------------

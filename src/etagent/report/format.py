@@ -95,6 +95,71 @@ TERMINAL_METRICS: tuple[MetricSpec, ...] = tuple(
 )
 
 
+#: how each ``correctness_metric`` of metrics.json is named in tables
+CORRECTNESS_MEASURES = {
+    "f1": "F1",
+    "exact_match": "exact match",
+    "math_equiv": "math equivalence",
+    "judge": "judge",
+    "mixed": "mixed measures",
+}
+
+
+def correctness_label(tables: list[dict[str, Any] | None], base: str = "correctness P") -> str:
+    """``base`` with the measure behind correctness, e.g. ``correctness P (F1)``, or the measures
+    of all ``tables`` (data set metrics) when they differ: ``correctness P (F1 / judge)``."""
+    found: list[str] = []
+    for t in tables:
+        if t is None or t.get("correctness_metric") is None:
+            continue
+        name = CORRECTNESS_MEASURES.get(t["correctness_metric"], str(t["correctness_metric"]))
+        if name not in found:
+            found.append(name)
+    return f"{base} ({' / '.join(found)})" if found else base
+
+
+def terminal_table(
+    title: str, columns: dict[str, dict[str, Any] | None], overall: dict[str, Any] | None = None
+) -> Any:
+    """The terminal's metrics table (a ``rich`` Table): the :data:`TERMINAL_METRICS` rows that have a
+    value, one column per data set metrics dict (None: not evaluated), and with ``overall`` (the
+    ``overall`` of metrics.json) a last column of the means over data sets. Used by ``etagent eval``
+    / ``score`` (columns: data sets) and at the end of the pipeline (columns: models)."""
+    from rich.table import Table
+
+    tables = list(columns.values())
+    table = Table(title=title)
+    table.add_column("metric")
+    for name in columns:
+        table.add_column(name, justify="right")
+    if overall is not None:
+        table.add_column("overall", justify="right")
+    for spec in TERMINAL_METRICS:
+        values = [t.get(spec.key) if t is not None else None for t in tables]
+        if overall is not None:
+            values.append(overall.get(spec.overall) if spec.overall else None)
+        if all(v is None for v in values):
+            continue
+        label = correctness_label(tables, spec.short_label) if spec.key == "correctness" else spec.short_label
+        table.add_row(label, *[fmt_value(v, spec.kind) for v in values])
+    sizes = [str(t.get("n", 0)) if t is not None else "–" for t in tables]
+    table.add_row("trajectories", *sizes, *([""] if overall is not None else []))
+    return table
+
+
+def overall_table(title: str, overall: dict[str, dict[str, Any]]) -> Any:
+    """The :data:`OVERALL_METRICS` of several runs (their metrics.json ``overall``), one column each."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    for label in overall:
+        table.add_column(label, justify="right")
+    for spec in OVERALL_METRICS:
+        table.add_row(spec.label, *[fmt_value(o.get(spec.key), spec.kind) for o in overall.values()])
+    return table
+
+
 def fmt_value(value: Any, kind: Kind) -> str:
     """A metric value as shown in tables: fractions as percentages with one decimal."""
     if value is None:

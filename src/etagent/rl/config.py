@@ -50,10 +50,10 @@ class ColocateConfig(ConfigModel):
     gpu_memory_utilization: float = Field(
         0.3, gt=0, le=1, description="share of the device's memory vLLM takes (on CPU: of the RAM)"
     )
-    sleep_mode: bool = Field(
-        True,
-        description="release vLLM's weights and KV cache during the policy update (GPU only; vLLM on "
-        "CPU ignores it)",
+    sleep_mode: bool | None = Field(
+        None,
+        description="release vLLM's weights and KV cache during the policy update; None = on a GPU "
+        "(vLLM on CPU refuses sleep mode)",
     )
     max_model_len: int | None = Field(
         None, ge=1, description="vLLM's context window; None = the model's; prompts that fill it end with 'context'"

@@ -49,6 +49,7 @@ from etagent.rl.samples import PolicyRollout, batch_rewards, reward_metrics, spl
 from etagent.rl.weight_sync import ServerWeightSync, install_server_engine, server_root
 from etagent.scoring.correctness import AnswerCheck
 from etagent.tools.base import Tool
+from etagent.train.compat import checkpointing_arg
 from etagent.train.progress import send_metric_dicts_to_log
 from etagent.train.save import save_trainer_model
 from etagent.train.sft import is_model_dir
@@ -337,7 +338,7 @@ def grpo_args(cfg: RLConfig, run_dir: Path, use_cpu: bool, bf16: bool) -> Any:
         loss_type=cfg.loss_type,
         scale_rewards="group",
         mask_truncated_completions=False,
-        activation_checkpointing=cfg.gradient_checkpointing,
+        **checkpointing_arg(GRPOConfig, cfg.gradient_checkpointing),
         # the trainer's log-probs are of the distribution that sampled (logits / T), as the server's
         # processed log-probs are: importance ratios compare like with like (docs/scaling.md)
         temperature=cfg.agent.sampling.temperature or 1.0,
@@ -348,7 +349,8 @@ def grpo_args(cfg: RLConfig, run_dir: Path, use_cpu: bool, bf16: bool) -> Any:
         vllm_mode="colocate" if engine.engine == "vllm_colocate" else "server",
         vllm_server_base_url=_server_root(cfg) if engine.engine == "vllm_server" else None,
         vllm_gpu_memory_utilization=engine.colocate.gpu_memory_utilization,
-        vllm_enable_sleep_mode=engine.colocate.sleep_mode and engine.engine == "vllm_colocate",
+        vllm_enable_sleep_mode=engine.engine == "vllm_colocate"
+        and (engine.colocate.sleep_mode if engine.colocate.sleep_mode is not None else not use_cpu),
         vllm_max_model_length=engine.colocate.max_model_len,
         vllm_tensor_parallel_size=1,
         vllm_importance_sampling_correction=engine.importance_sampling.enabled,
@@ -461,8 +463,9 @@ def build_trainer(
     send_metric_dicts_to_log(trainer)  # TRL's ~40-key dict per step goes to log.txt, not the console
     if cfg.rollout.engine == "policy":
         _refuse_sharded_policy(trainer)
-    else:
+    elif cfg.rollout.engine == "vllm_server":
         install_server_engine(trainer, cfg, run_dir)
+    # vllm_colocate: TRL loads the weights into its in-process engine before each rollout
     return trainer, writer
 
 

@@ -41,7 +41,9 @@ from etagent import runtime
 from etagent.config import ConfigModel
 from etagent.io import JsonlAppender, atomic_write_json, atomic_write_jsonl, iter_jsonl
 from etagent.protocol import tags
-from etagent.train.save import save_once
+from etagent.train.compat import checkpointing_arg
+from etagent.train.progress import send_metric_dicts_to_log
+from etagent.train.save import SAVE_DTYPE_HELP, SaveDtype, cast_saved_weights, save_once
 from etagent.train.sft_data import load_sft_examples, tokenize_example
 
 log = logging.getLogger("etagent.train")
@@ -100,7 +102,12 @@ class SFTConfig(ConfigModel):
     gradient_checkpointing: bool = Field(False, description="recompute activations: less memory, ~25% slower")
     save_steps: int = Field(10, ge=1, description="checkpoint every N optimizer steps")
     save_total_limit: int = Field(1, ge=1, description="checkpoints kept while training")
-    keep_checkpoints: bool = Field(False, description="keep checkpoints/ after the final model is written")
+    keep_checkpoints: bool = Field(
+        False,
+        description="keep checkpoints/ (weights, optimizer state: ~3x an fp32 model) once the final model "
+        "is written; they are what resumes a killed run and are always kept while training",
+    )
+    save_dtype: SaveDtype = Field("auto", description=SAVE_DTYPE_HELP)
     logging_steps: int = Field(1, ge=1)
     seed: int = 0
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = all cores (use 1 when sharing cores)")
@@ -187,7 +194,7 @@ def training_arguments(cfg: SFTConfig, output_dir: Path) -> Any:
         max_grad_norm=cfg.max_grad_norm,
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
-        activation_checkpointing=cfg.gradient_checkpointing,  # (transformers 5 name of gradient_checkpointing)
+        **checkpointing_arg(TRLSFTConfig, cfg.gradient_checkpointing),
         seed=cfg.seed,
         data_seed=cfg.seed,
         # device and precision: bf16 autocast on an AVX2 CPU is ~7x slower (docs/cpu.md 6.1)
@@ -273,6 +280,7 @@ def build_trainer(
         peft_config=peft_config,
         callbacks=callbacks,
     )
+    send_metric_dicts_to_log(trainer)  # the per-step dicts go to log.txt; the bar stays
     return trainer, stats
 
 
@@ -316,10 +324,10 @@ def _trim_log(path: Path, up_to_step: int) -> None:
     atomic_write_jsonl(path, [obj for _, obj in iter_jsonl(path) if obj.get("step", 0) <= up_to_step])
 
 
-def save_model_dir(trainer: Any, target: Path) -> None:
-    """Write the trained model (LoRA merged into the base weights) and tokenizer to ``target``,
-    atomically: a temporary sibling directory renamed when complete; once, from the main process
-    (every process calls this)."""
+def save_model_dir(trainer: Any, target: Path, dtype: SaveDtype = "auto") -> None:
+    """Write the trained model (LoRA merged into the base weights, in ``dtype``) and tokenizer to
+    ``target``, atomically: a temporary sibling directory renamed when complete; once, from the
+    main process (every process calls this)."""
     from peft import PeftModel
 
     model = trainer.model
@@ -330,6 +338,7 @@ def save_model_dir(trainer: Any, target: Path) -> None:
     def build(tmp: Path) -> None:
         tmp.chmod(0o755)  # a temporary directory is private (0700); the model is for other processes too
         model.save_pretrained(str(tmp))
+        cast_saved_weights(tmp, dtype)
         trainer.processing_class.save_pretrained(str(tmp))
 
     save_once(trainer, target, build, is_model_dir)
@@ -367,7 +376,7 @@ def run_sft(cfg: SFTConfig, run_dir: Path) -> dict[str, Any]:
     finally:
         loss_log.close()
     seconds = time.perf_counter() - t0
-    save_model_dir(trainer, out_dir)
+    save_model_dir(trainer, out_dir, cfg.save_dtype)
 
     history = trainer.state.log_history
     losses = [h["loss"] for h in history if "loss" in h]
