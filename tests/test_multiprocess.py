@@ -85,6 +85,8 @@ def test_rl_on_two_processes_is_one_job_and_resumes(tmp_path, tiny_model_path):
     )  # fmt: skip
     _etagent(*rl, "--max-steps", "2", processes=2)
     assert _steps(run_dir) == [1, 2]
+    lines = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    assert [r.get("ranks_agree") for r in lines] == [True, True]  # the same weights on both ranks
     _complete(run_dir / "model")
     assert json.loads((run_dir / "rl_summary.json").read_text())["steps"] == 2
     # both processes resume from the shared checkpoint; the log goes on without repeating a step
@@ -180,6 +182,7 @@ def test_rl_with_the_server_engine_on_two_processes_equals_one_process(tmp_path,
         assert _steps(tmp_path / run) == [1, 2]
         _complete(tmp_path / run / "model")
         logs[run] = [json.loads(line) for line in (tmp_path / run / "train_log.jsonl").read_text().splitlines()]
+    assert all(r["ranks_agree"] for r in logs["two"]) and not any("ranks_agree" in r for r in logs["one"])
     for a, b in zip(logs["two"], logs["one"], strict=True):
         assert a["reward"] == pytest.approx(b["reward"], abs=1e-6)
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-3, abs=1e-8)
@@ -191,3 +194,27 @@ def test_rl_with_the_server_engine_on_two_processes_equals_one_process(tmp_path,
     assert any((w1[n] - initial[n]).abs().max() > 1e-4 for n in w1)
     for name in w1:
         assert (w2[name] - w1[name]).abs().max() < 1e-4, name
+
+
+def _agreement_worker(rank: int, init_file: str, same: bool, out: str) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from etagent.rl.trl_engine import ranks_agree
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    model = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(1.0 if same or rank == 0 else 1.5)
+    result = ranks_agree(model)
+    dist.destroy_process_group()
+    Path(out, f"rank{rank}").write_text(str(result))
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_the_rank_agreement_check_sees_diverged_weights(tmp_path, same):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_agreement_worker, args=(str(tmp_path / "init"), same, str(tmp_path)), nprocs=2, join=True)
+    assert {(tmp_path / f"rank{r}").read_text() for r in (0, 1)} == {str(same)}

@@ -43,6 +43,7 @@ from etagent import runtime
 from etagent.backends.base import Generator
 from etagent.config import ConfigError
 from etagent.io import JsonlAppender, atomic_write_json, atomic_write_jsonl, iter_jsonl
+from etagent.progress import LOG_INTERVAL_S, Progress, ProgressDisplay
 from etagent.records import Question, Trajectory
 from etagent.rl.config import RLConfig
 from etagent.rl.samples import PolicyRollout, batch_rewards, reward_metrics, split_groups, to_policy_sample
@@ -50,7 +51,7 @@ from etagent.rl.weight_sync import ServerWeightSync, install_server_engine, serv
 from etagent.scoring.correctness import AnswerCheck
 from etagent.tools.base import Tool
 from etagent.train.compat import checkpointing_arg
-from etagent.train.progress import send_metric_dicts_to_log
+from etagent.train.progress import UpdateProgress, send_metric_dicts_to_log
 from etagent.train.save import save_trainer_model
 from etagent.train.sft import is_model_dir
 
@@ -96,7 +97,12 @@ OWN_KEYS = (
 
 
 class RolloutFunc:
-    """TRL's ``rollout_func(prompts, trainer) -> dict`` over a :class:`PolicyRollout`."""
+    """TRL's ``rollout_func(prompts, trainer) -> dict`` over a :class:`PolicyRollout`.
+
+    TRL's bar counts optimizer steps; inside one the rollout shows its rounds, finished
+    trajectories and tokens, then the update its micro-batches (:mod:`etagent.progress`; the
+    first process only; a log line every ``progress_interval_s`` seconds when not on a terminal).
+    """
 
     def __init__(
         self,
@@ -110,6 +116,8 @@ class RolloutFunc:
         self.make_rollout = make_rollout  # trainer -> PolicyRollout, built on first use
         self.eos_id = eos_id
         self.rollout: PolicyRollout | None = None
+        self.update: UpdateProgress | None = None  # with its TrainerCallback, made on first use
+        self.progress_interval_s = LOG_INTERVAL_S
         self.__name__ = "etagent_rollout"
 
     def __call__(self, prompts: list[str], trainer: Any) -> dict[str, Any]:
@@ -121,17 +129,27 @@ class RolloutFunc:
         questions = [self.questions[group[0]] for group in groups]
         if self.rollout is None:
             self.rollout = self.make_rollout(trainer)
+        main = bool(trainer.accelerator.is_main_process)
+        if self.update is None:
+            self.update = UpdateProgress(enabled=main, interval_s=self.progress_interval_s, logger=log)
+            trainer.add_callback(self.update.callback())
         step = rollout_step(trainer.state.global_step, self.cfg)
         # each process draws its own ARPO branches and samples (process 0: the one-process seed)
         seed = self.cfg.seed * 1_000_003 + step + 7_919 * trainer.accelerator.process_index
         engine = self.rollout.loop.generator
         if hasattr(engine, "rollout_begin"):  # vllm_colocate: awake for the whole rollout
             engine.rollout_begin(f"step{trainer.state.global_step}")
+        progress = Progress("rollout", total=len(prompts), detail=f"step {step}")
         try:
-            trajs, stats = self.rollout.run(questions, seed=seed)
+            with (
+                self.rollout.loop.reporting(progress),
+                ProgressDisplay(progress, enabled=main, logger=log, interval_s=self.progress_interval_s),
+            ):
+                trajs, stats = self.rollout.run(questions, seed=seed)
         finally:
             if hasattr(engine, "rollout_end"):
                 engine.rollout_end()
+        self.update.begin(len(trajs), trainer.args.steps_per_generation)
         samples = [to_policy_sample(t, self.eos_id) for t in trajs]
         return {
             "prompt_ids": [s.prompt_ids for s in samples],
@@ -210,6 +228,8 @@ class JsonlLog:
         self.cfg = cfg
         self._last = time.perf_counter()
         self._writer: JsonlAppender | None = None
+        #: optimizer step -> whether every process held the same weights after it (several processes)
+        self.ranks_agree: dict[int, bool] = {}
 
     def keep_until(self, step: int) -> None:
         """Drop lines past ``step`` (a run resumed from an earlier checkpoint redoes them)."""
@@ -229,6 +249,8 @@ class JsonlLog:
         for key in OWN_KEYS:
             rec[key] = _number(logs.get(key))
         rec["step_seconds"] = now - self._last
+        if step in self.ranks_agree:
+            rec["ranks_agree"] = self.ranks_agree[step]
         self._last = now
         for key, value in logs.items():
             if key not in rec and key not in TRL_KEYS.values() and isinstance(value, int | float):
@@ -271,6 +293,16 @@ def _jsonl_callback(writer: JsonlLog) -> Any:
                     rec["step_seconds"],
                 )
 
+        def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any):
+            agree = ranks_agree(model)
+            if agree is not None:
+                writer.ranks_agree[state.global_step] = agree
+                if not agree:
+                    raise RuntimeError(
+                        f"rl: after optimizer step {state.global_step} the processes hold different "
+                        "weights (a desynchronised update); stopping before the run trains on it"
+                    )
+
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any):
             writer.restart_clock()
 
@@ -278,6 +310,25 @@ def _jsonl_callback(writer: JsonlLog) -> Any:
             writer.close()
 
     return _Callback()
+
+
+def ranks_agree(model: Any) -> bool | None:
+    """Whether every process holds the same weights (a checksum of all parameters, gathered);
+    None with one process or with sharded weights (ZeRO-3, FSDP), where each holds its own part.
+    Cheap next to a step: one pass over the parameters and one gather of one number per process."""
+    import torch
+    import torch.distributed as dist
+
+    if model is None or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return None
+    params = list(model.parameters())
+    if any(hasattr(p, "ds_id") or type(p.data).__name__ == "DTensor" for p in params):
+        return None
+    with torch.no_grad():
+        total = torch.stack([p.detach().double().sum() for p in params]).sum().reshape(1)
+    sums = [torch.zeros_like(total) for _ in range(dist.get_world_size())]
+    dist.all_gather(sums, total)
+    return all(torch.equal(s, sums[0]) for s in sums)
 
 
 # ---------------------------------------------------------------------------------------------
