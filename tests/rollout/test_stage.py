@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import time
 
 import pytest
 
@@ -89,3 +91,36 @@ def test_incomplete_question_groups_are_dropped(tokenizer, data_file, tmp_path):
     out.write_text("".join(lines[:3]))  # the second question lost one of its two samples
     assert completed_questions(out, n=2) == {"q0"}
     assert len(out.read_text().splitlines()) == 2
+
+
+class SlowGenerator(InterruptingGenerator):
+    """Each generate call takes ``delay_s``: a round long enough for the progress log to speak."""
+
+    def __init__(self, tokenizer, scripts, delay_s: float):
+        super().__init__(tokenizer, scripts, fail_after=None)
+        self.delay_s = delay_s
+
+    def generate(self, prompts, params):
+        time.sleep(self.delay_s)
+        return super().generate(prompts, params)
+
+
+def test_not_on_a_terminal_the_rollout_logs_its_progress_periodically(tokenizer, data_file, tmp_path, caplog):
+    cfg = RolloutConfig(data=str(data_file), n=2, limit=2)
+    gen = SlowGenerator(tokenizer, _scripts(), delay_s=0.15)
+    loop = AgentLoop(gen, {"search": EchoTool("search")}, budget=BudgetConfig(), max_active=4)
+    with caplog.at_level(logging.INFO, logger="etagent.rollout"):
+        run_rollout(cfg, tmp_path / "run", loop=loop, progress_interval_s=0.05)
+    lines = [r.getMessage() for r in caplog.records if "trajectories finished" in r.getMessage()]
+    # 2 questions x 2 samples, all four in each of the 2 rounds (0.3 s): several lines
+    assert len(lines) >= 3, lines
+    assert all(line.startswith("rollout: round ") for line in lines)
+    assert any(", 0/4 trajectories finished" in line for line in lines)  # before any question is done
+    assert any("(generate, 4 rows" in line and " tokens" in line for line in lines)
+
+
+def test_a_short_rollout_logs_no_progress_lines(tokenizer, data_file, tmp_path, caplog):
+    loop, _ = _loop(tokenizer, fail_after=None)
+    with caplog.at_level(logging.INFO, logger="etagent.rollout"):
+        run_rollout(RolloutConfig(data=str(data_file), limit=2), tmp_path / "run", loop=loop)
+    assert not [r for r in caplog.records if "trajectories finished" in r.getMessage()]

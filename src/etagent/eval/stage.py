@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from etagent.backends.base import Generator
 from etagent.config import ConfigModel
 from etagent.io import DataError
 from etagent.loop.agent_loop import SamplingConfig
+from etagent.progress import LOG_INTERVAL_S
 from etagent.registry import is_dotted_path
 from etagent.report.build import ReportConfig, write_report
 from etagent.report.loader import DATASETS_DIR
@@ -135,11 +137,14 @@ def _has_work(cfg: RolloutConfig, out_dir: Path) -> bool:
     return any(q.id not in done for q in questions)
 
 
-def run_rollouts(cfg: EvalConfig, run_dir: Path) -> dict[str, dict[str, Any]]:
+def run_rollouts(
+    cfg: EvalConfig, run_dir: Path, progress_interval_s: float = LOG_INTERVAL_S
+) -> dict[str, dict[str, Any]]:
     """Roll out every data set not yet complete; the model is loaded once for all of them, the
     tools and prompt examples are each data set's task's.
 
-    Returns the rollout stage's summary per data set.
+    Returns the rollout stage's summary per data set. ``progress_interval_s``: seconds between the
+    rollout's progress log lines when the output is not a terminal.
     """
     summaries: dict[str, dict[str, Any]] = {}
     generator: Generator | None = None
@@ -154,10 +159,14 @@ def run_rollouts(cfg: EvalConfig, run_dir: Path) -> dict[str, dict[str, Any]]:
                 continue
             task = rollout_cfg.data_ref().task
             if generator is None:
-                generator = build_generator_for(cfg.agent.backend, task)
+                backend = cfg.agent.backend
+                log.info("eval: loading the %s backend (%s) ...", backend.kind, backend.model)
+                t0 = time.perf_counter()
+                generator = build_generator_for(backend, task)
+                log.info("eval: model ready in %.1f s", time.perf_counter() - t0)
             loop = build_agent(cfg.agent, task, generator=generator)
             try:
-                summaries[name] = run_rollout(rollout_cfg, out_dir, loop=loop)
+                summaries[name] = run_rollout(rollout_cfg, out_dir, loop=loop, progress_interval_s=progress_interval_s)
             finally:
                 loop.close()
     finally:

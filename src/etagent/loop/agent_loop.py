@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -26,6 +27,7 @@ from pydantic import Field
 
 from etagent.backends.base import Completion, Generator, Message, SamplingParams, trim_at_stop
 from etagent.config import ConfigModel
+from etagent.progress import Progress
 from etagent.protocol import tags
 from etagent.records import Question, Segment, ToolCall, Trajectory
 from etagent.tools.base import Tool, ToolResult
@@ -133,6 +135,18 @@ class AgentLoop:
         self.max_active = max_active
         self._pool = ThreadPoolExecutor(max_workers=tool_workers, thread_name_prefix="etagent-tool")
         self._owned = list(owned)
+        #: told about every round, the tokens generated and the trajectories finished (see reporting)
+        self.progress: Progress | None = None
+
+    @contextmanager
+    def reporting(self, progress: Progress) -> Iterator[Progress]:
+        """Report rounds, generated tokens and finished trajectories to ``progress`` inside the
+        block (:meth:`iter_run`, :meth:`run`, :meth:`continue_run`, and ARPO over this loop)."""
+        previous, self.progress = self.progress, progress
+        try:
+            yield progress
+        finally:
+            self.progress = previous
 
     # -- prompts -------------------------------------------------------------------------------
 
@@ -175,6 +189,8 @@ class AgentLoop:
     def run(self, questions: list[Question], n: int = 1) -> list[Trajectory]:
         """All trajectories, grouped by question in input order."""
         done: dict[str, list[Trajectory]] = {}
+        if self.progress is not None and self.progress.total is None:
+            self.progress.total = len(questions) * n
         for qid, trajs in self.iter_run(questions, n):
             done[qid] = trajs
         return [t for q in questions for t in done[q.id]]
@@ -197,12 +213,16 @@ class AgentLoop:
                 active += [self.start(q, k) for k in range(n)]
             if not active:
                 return
+            if self.progress is not None:
+                self.progress.start_round(len(active))
             still_active = self.step(active)
             if on_turn is not None:
                 on_turn(len(active))
             for s in active:
                 if s not in still_active:
                     self.finish(s)
+                    if self.progress is not None:
+                        self.progress.add_finished()
                     group = finished[s.traj.question_id]
                     group.append(s.traj)
                     if len(group) == n:
@@ -291,6 +311,8 @@ class AgentLoop:
         while queue or active:
             while queue and len(active) < self.max_active:
                 active.append(queue.popleft())
+            if loop.progress is not None:
+                loop.progress.start_round(len(active))
             active = loop.step(active)
         elapsed = time.perf_counter() - started
         for s in states:
@@ -358,6 +380,8 @@ class AgentLoop:
             t0 = time.perf_counter()
             outs = self.generator.generate([s.ids() for s in states], self._params(states, stops))
             dt = time.perf_counter() - t0
+            if self.progress is not None:
+                self.progress.add_tokens(sum(len(comps[0].token_ids) for comps in outs))
             for s, comps in zip(states, outs, strict=True):
                 s.traj.timings["generation_s"] = s.traj.timings.get("generation_s", 0.0) + dt
                 call = self._absorb(s, comps[0], stops)
@@ -367,6 +391,8 @@ class AgentLoop:
                 elif s.traj.finish_reason == "length":
                     # a per-call limit, not the response budget: keep writing the same segment
                     keep.append(s)
+        if self.progress is not None and pending:
+            self.progress.set_phase("tools", len(pending))
         self._run_tools(pending)
         for p in pending:
             if p.state.response_len >= self.budget.max_response_tokens:

@@ -248,16 +248,23 @@ class ArpoRollout:
         qs = [_Question(q, qi) for qi, q in enumerate(questions)]
         call = _Call(qs, random.Random(seed), started=time.perf_counter())
         active = self._start(call)
+        progress = self.loop.progress
+        if progress is not None:
+            progress.total = self.cfg.n * len(qs)
         while active:
             call.round += 1
             # every live branch writes one segment (one batched generate call, tools run concurrently)
             before = [b.traj.num_model_tokens for b in active]
             t_round = time.perf_counter()
+            if progress is not None:
+                progress.start_round(len(active))
             live = {id(s) for s in self.loop.step([b.state for b in active])}
             call.round_rows.append(len(active))
             call.round_s.append(time.perf_counter() - t_round)
             self._measure_entropy(call, active, before)
             survivors = _finish_ended(self.loop, active, live)
+            if progress is not None:  # the trajectories kept so far that have finished
+                progress.set_finished(sum(b.done for q in qs for b in q.branches))
             children = self._branch(call, survivors)
             running = survivors + children
             fresh = self._refill(call, running)

@@ -8,6 +8,7 @@ on restart finished question ids are skipped and nothing is written twice.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -17,9 +18,10 @@ from etagent.agent import AgentConfig, build_agent
 from etagent.config import ConfigModel
 from etagent.io import atomic_write_json, atomic_write_jsonl, read_records, repair_torn_tail, resumable_output
 from etagent.loop.agent_loop import AgentLoop
+from etagent.progress import LOG_INTERVAL_S, Progress, ProgressDisplay
 from etagent.records import Trajectory
 from etagent.scoring.summary import summarize
-from etagent.tasks import DataRef, resolve_data
+from etagent.tasks import DataRef, Task, resolve_data
 
 log = logging.getLogger("etagent.rollout")
 
@@ -58,10 +60,28 @@ def completed_questions(path: Path, n: int) -> set[str]:
     return complete
 
 
-def run_rollout(cfg: RolloutConfig, run_dir: Path, loop: AgentLoop | None = None) -> dict:
+def load_agent(agent: AgentConfig, task: Task) -> AgentLoop:
+    """``build_agent`` with a log line before (loading a model takes a while, before any bar
+    moves) and one after saying how long it took."""
+    log.info("rollout: loading the %s backend (%s) ...", agent.backend.kind, agent.backend.model)
+    t0 = time.perf_counter()
+    loop = build_agent(agent, task)
+    log.info("rollout: agent ready in %.1f s", time.perf_counter() - t0)
+    return loop
+
+
+def run_rollout(
+    cfg: RolloutConfig,
+    run_dir: Path,
+    loop: AgentLoop | None = None,
+    progress_interval_s: float = LOG_INTERVAL_S,
+) -> dict:
     """Roll out every question not yet on disk, then write and return the summary.
 
     ``loop`` replaces the agent built from ``cfg.agent`` (eval shares one across data sets).
+    The bar counts finished questions; inside a question its postfix shows the agent loop's round,
+    the trajectories finished and the tokens generated (on a terminal), or a log line says so
+    every ``progress_interval_s`` seconds (elsewhere).
     """
     out = run_dir / cfg.output
     data = cfg.data_ref()
@@ -77,11 +97,13 @@ def run_rollout(cfg: RolloutConfig, run_dir: Path, loop: AgentLoop | None = None
     )
     if todo:
         own_loop = loop is None
-        loop = loop or build_agent(cfg.agent, data.task)
+        if loop is None:
+            loop = load_agent(cfg.agent, data.task)
         try:
-            with resumable_output(out, len(questions), len(questions) - len(todo), "rollout") as (
-                writer,
-                bar,
+            with (
+                resumable_output(out, len(questions), len(questions) - len(todo), "rollout") as (writer, bar),
+                loop.reporting(Progress("rollout", total=len(todo) * cfg.n)) as progress,
+                ProgressDisplay(progress, bar=bar, logger=log, interval_s=progress_interval_s),
             ):
                 for _, trajs in loop.iter_run(todo, cfg.n):
                     writer.write_group(trajs)

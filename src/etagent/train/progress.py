@@ -5,12 +5,19 @@ its progress bar. :func:`send_metric_dicts_to_log` swaps it for one that keeps t
 dict as a record marked :data:`FILE_ONLY`, which reaches the run directory's ``log.txt`` (a file
 handler of the ``etagent`` logger) but not the console: the CLI's console handler drops records
 carrying ``console=False`` (:func:`console_filter`). The stages print their own one-line summaries.
+
+Inside one optimizer step the bar does not move; :class:`UpdateProgress` announces the policy
+update that follows a rollout (``update: 16 sequences, 0/4 micro-batches finished``) and counts
+its micro-batches through a ``TrainerCallback`` (a micro-batch ends with ``on_substep_end``, the
+last of an optimizer step with ``on_step_end``).
 """
 
 from __future__ import annotations
 
 import logging
 from typing import Any
+
+from etagent.progress import LOG_INTERVAL_S, Progress, ProgressDisplay
 
 log = logging.getLogger("etagent.train.metrics")
 
@@ -57,3 +64,64 @@ def send_metric_dicts_to_log(trainer: Any) -> None:
         trainer.add_callback(bar())
     if trainer.pop_callback(PrinterCallback) is not None:
         trainer.add_callback(printer())
+
+
+class UpdateProgress:
+    """The policy update after a rollout, shown while it runs (see :mod:`etagent.progress`).
+
+    :meth:`begin` when the rollout has returned; :meth:`callback` is the ``TrainerCallback`` that
+    counts the micro-batches and ends the display after the last one. ``enabled=False`` (a process
+    other than the first) keeps count and shows nothing.
+    """
+
+    def __init__(self, enabled: bool = True, interval_s: float = LOG_INTERVAL_S, **display: Any):
+        self.enabled = enabled
+        self.interval_s = interval_s
+        self.display_options = display  # ProgressDisplay's stream / tty / logger (tests)
+        self.progress: Progress | None = None
+        self._display: ProgressDisplay | None = None
+
+    def begin(self, sequences: int, micro_batches: int) -> None:
+        """An update of ``sequences`` sequences in ``micro_batches`` micro-batches starts."""
+        if micro_batches < 1:
+            raise ValueError(f"an update has at least one micro-batch, got {micro_batches}")
+        self.end()
+        self.progress = Progress(
+            "update", total=micro_batches, unit="micro-batches", detail=f"{sequences} sequences"
+        )
+        self._display = ProgressDisplay(
+            self.progress, enabled=self.enabled, interval_s=self.interval_s, **self.display_options
+        )
+        self._display.announce()
+
+    def micro_batch_done(self) -> None:
+        """One micro-batch's forward and backward pass are done; the last one ends the display."""
+        if self.progress is None:  # a micro-batch outside an announced update (resume mid-rollout)
+            return
+        self.progress.add_finished()
+        if self.progress.total is not None and self.progress.finished >= self.progress.total:
+            self.end()
+
+    def end(self) -> None:
+        if self._display is not None:
+            self._display.close()
+        self._display = None
+        self.progress = None
+
+    def callback(self) -> Any:
+        """The ``TrainerCallback`` feeding this display."""
+        from transformers.trainer_callback import TrainerCallback
+
+        owner = self
+
+        class UpdateProgressCallback(TrainerCallback):
+            def on_substep_end(self, args: Any, state: Any, control: Any, **kwargs: Any):
+                owner.micro_batch_done()
+
+            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any):
+                owner.micro_batch_done()
+
+            def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any):
+                owner.end()
+
+        return UpdateProgressCallback()
