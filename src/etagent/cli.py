@@ -585,7 +585,13 @@ def score(
 
 @app.command()
 def report(
-    run_dirs: Annotated[list[Path], typer.Argument(help="scored run directories; the first is the baseline")],
+    run_dirs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="run directories: scored eval runs (the first is the baseline), RL and Pareto runs, "
+            "or a pipeline run (its eval, RL and Pareto stages)"
+        ),
+    ],
     output: Annotated[
         Path | None,
         typer.Option("--output", "-o", help="HTML file (the .md goes next to it); default: the last run dir"),
@@ -593,22 +599,30 @@ def report(
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Compare runs side by side (before/after training): report.html and report.md."""
-    from etagent.report import ReportConfig, write_report
+    """Compare runs side by side (before/after training), with RL curves and the Pareto selection:
+    report.html and report.md."""
+    from etagent.report import ReportConfig
+    from etagent.report.build import build_report
     from etagent.report.format import OVERALL_METRICS, fmt_value
-    from etagent.report.loader import METRICS_FILE, run_labels
+    from etagent.report.markdown import shown_overall_of
 
     cfg = _load(ReportConfig, config, set_, {})
-    html_path, md_path = write_report(run_dirs, output, cfg)
-    table = Table(title="overall (mean over data sets)")
-    table.add_column("metric")
-    for label in run_labels(run_dirs):
-        table.add_column(label, justify="right")
-    # write_report has validated every metrics.json
-    overall = [json.loads((p / METRICS_FILE).read_text(encoding="utf-8"))["overall"] for p in run_dirs]
-    for spec in OVERALL_METRICS:
-        table.add_row(spec.label, *[fmt_value(o.get(spec.key), spec.kind) for o in overall])
-    console.print(table)
+    html_path, md_path, inputs = build_report(run_dirs, output, cfg)
+    if inputs.evals:
+        table = Table(title="overall (mean over data sets)")
+        table.add_column("metric")
+        for run in inputs.evals:
+            table.add_column(run.label, justify="right")
+        overall = [shown_overall_of(run) for run in inputs.evals]
+        for spec in OVERALL_METRICS:
+            table.add_row(spec.label, *[fmt_value(o.get(spec.key), spec.kind) for o in overall])
+        console.print(table)
+    for rl in inputs.rl:
+        console.print(f"RL run {rl.label}: {len(rl.steps)} steps")
+    for p in inputs.pareto:
+        console.print(
+            f"Pareto run {p.label}: {sum(q.stage is not None for q in p.questions)} of {len(p.questions)} selected"
+        )
     console.print(f"markdown: {md_path}")
     print(html_path)
 

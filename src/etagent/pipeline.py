@@ -30,6 +30,7 @@ from etagent.io import atomic_write_json, atomic_write_jsonl, iter_jsonl
 from etagent.pareto.selection import stage_file
 from etagent.pareto.stage import STAGES_DIR, ParetoStageConfig, run_pareto
 from etagent.report.build import write_report
+from etagent.report.loader import pipeline_stage_dirs
 from etagent.rl.config import RLConfig
 from etagent.rl.trl_engine import run_rl
 from etagent.tasks import load_questions
@@ -159,7 +160,9 @@ class Pipeline:
             eval_dir = self.run_dir / "07-eval" / label  # the directory name labels the run in the report
             self.stage(f"07-eval/{label}", lambda d, e=ev: run_eval(e, d))
             eval_dirs.append(eval_dir)
-        html, md = write_report(eval_dirs, self.run_dir / REPORT, cfg.eval.report)
+        # the comparison of the eval runs, with the RL curves and Pareto selections of this run's stages
+        _, rl_dirs, pareto_dirs = pipeline_stage_dirs(self.run_dir)
+        html, md = write_report([*eval_dirs, *rl_dirs, *pareto_dirs], self.run_dir / REPORT, cfg.eval.report)
         self.summaries["report"] = {"html": str(html), "markdown": str(md)}
         atomic_write_json(self.run_dir / "pipeline.json", self.summaries)
         return self.summaries

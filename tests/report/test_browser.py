@@ -152,3 +152,32 @@ def test_controls_filter_and_update_the_hash(browser, report_page, expected):
     )
     assert visible
     assert page.errors() == []
+
+
+def test_opened_entry_shows_its_question_once(browser, report_page):
+    page = browser.open(report_page.as_uri() + "#text=a-2")
+    counts = page.evaluate(
+        """(() => [...document.querySelectorAll('#traj-list li.traj')].map(li => {
+             li.querySelector('details').open = true;
+             return li.textContent.split('Question a-2?').length - 1; }))()"""
+    )
+    assert counts == [1, 1]  # a-2 of both runs; the question in the summary line only
+    assert page.errors() == []
+
+
+def test_training_sections_load_without_errors(browser, tmp_path):
+    from tests.report.training_fixtures import write_pipeline_run
+
+    run = write_pipeline_run(tmp_path)
+    html, _ = write_report([run])
+    page = browser.open(html.as_uri())
+    parts = page.evaluate(
+        """({
+      rlCharts: document.querySelectorAll('#rl svg.rl-curve').length,
+      paretoDots: document.querySelectorAll('#pareto svg.pareto-means circle.dot').length,
+      visible: document.querySelector('#pareto svg.pareto-means').getBoundingClientRect().width > 100,
+      items: document.querySelectorAll('#traj-list li.traj').length,
+    })"""
+    )
+    assert parts == {"rlCharts": 5, "paretoDots": 4, "visible": True, "items": 3}
+    assert page.errors() == []

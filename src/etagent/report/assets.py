@@ -23,7 +23,8 @@ svg .chart-title { font-size: 12px; font-weight: 600; fill: var(--fg); }
 svg .grid, svg .ring, svg .spoke { stroke: var(--line); stroke-width: 1; }
 svg .axis { stroke: #98a2b3; } svg .tick, svg .na { fill: var(--muted); } svg .val { fill: var(--fg); font-size: 9px; }
 svg .axis-title, svg .axis-label { fill: var(--fg); font-size: 11px; }
-svg .line { stroke-width: 2; } svg .area { fill-opacity: .15; stroke-width: 2; }
+svg .line { stroke-width: 2; } svg .count { fill: var(--fg); font-size: 9px; }
+svg .dot { fill-opacity: .8; stroke: #fff; stroke-width: .8; } svg .area { fill-opacity: .15; stroke-width: 2; }
 .legend { margin: 6px 0; } .legend-item { margin-right: 16px; white-space: nowrap; }
 .swatch { display: inline-block; width: 11px; height: 11px; border-radius: 2px; margin-right: 5px; vertical-align: -1px; }
 .filters { display: flex; flex-wrap: wrap; gap: 10px 16px; align-items: center; background: #fff;
@@ -79,7 +80,8 @@ JS = r"""
   }
   function body(t) {
     var div = el("div", "traj-body"), dl = el("dl");
-    [["question", t.question], ["gold", t.gold.join(" | ")], ["prediction", t.pred || "(none)"],
+    // the question itself is the summary line above (not repeated here)
+    [["gold", t.gold.join(" | ")], ["prediction", t.pred || "(none)"],
      ["correctness", Math.round(1000 * t.c) / 10 + " (" + t.metric + ")"],
      ["finish", t.fin + (t.fmt ? ", format ok" : ", format invalid")]].forEach(function (row) {
       dl.append(el("dt", null, row[0]), el("dd", null, row[1]));

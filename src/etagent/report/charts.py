@@ -14,6 +14,11 @@ from html import escape
 #: one colour per run (colour-blind friendly, Okabe-Ito)
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
 
+#: one stroke pattern per run, so that identical polygons / lines drawn over each other stay visible
+DASHES = ("", "7 4", "2 3", "10 3 2 3", "4 4", "1 2")
+#: how far apart points with the same value are drawn (SVG units)
+OVERLAP_GAP = 7.0
+
 W, H = 480, 260
 LEFT, RIGHT, TOP, BOTTOM = 48, 12, 30, 44
 MAX_BAR_W = 48
@@ -21,6 +26,29 @@ MAX_BAR_W = 48
 
 def color(i: int) -> str:
     return PALETTE[i % len(PALETTE)]
+
+
+def dash(i: int) -> str:
+    """The ``stroke-dasharray`` attribute of the i-th run ("" for the first: solid)."""
+    pattern = DASHES[i % len(DASHES)]
+    return f' stroke-dasharray="{pattern}"' if pattern else ""
+
+
+def spread_overlaps(points: Sequence[tuple[float, float] | None], gap: float = OVERLAP_GAP) -> list[float]:
+    """Offsets (in units of ``gap``) that set points drawn at the same position side by side.
+
+    Points of several series that would coincide (same position to 0.5 units) get offsets
+    -k/2 .. +k/2 in series order, so every one is visible; a lone point gets 0.
+    """
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, p in enumerate(points):
+        if p is not None:
+            groups.setdefault((round(p[0] * 2), round(p[1] * 2)), []).append(i)
+    offsets = [0.0] * len(points)
+    for members in groups.values():
+        for j, i in enumerate(members):
+            offsets[i] = (j - (len(members) - 1) / 2) * gap
+    return offsets
 
 
 @dataclass
@@ -158,7 +186,12 @@ def line_chart(
     def xy(i: int, v: float) -> tuple[float, float]:
         return LEFT + step * (i + 0.5), TOP + plot_h * (1 - min(max(v / y_max, 0.0), 1.0))
 
-    for s in series:
+    # per x position, the series whose points coincide are set side by side (same value: both visible)
+    shift = [[0.0] * len(series) for _ in x_labels]
+    for i in range(len(x_labels)):
+        pts = [None if s.values[i] is None else xy(i, s.values[i]) for s in series]  # type: ignore[arg-type]
+        shift[i] = spread_overlaps(pts, min(OVERLAP_GAP, step / max(len(series), 1)))
+    for si, s in enumerate(series):
         run: list[str] = []
         runs: list[list[str]] = []
         for i, v in enumerate(s.values):
@@ -168,11 +201,13 @@ def line_chart(
                 run = []
                 continue
             x, y = xy(i, v)
-            run.append(f"{x:.1f},{y:.1f}")
+            run.append(f"{x + shift[i][si]:.1f},{y:.1f}")
         if run:
             runs.append(run)
         for pts in runs:
-            out.append(f'<polyline class="line" fill="none" stroke="{s.color}" points="{" ".join(pts)}"/>')
+            out.append(
+                f'<polyline class="line" fill="none" stroke="{s.color}"{dash(si)} points="{" ".join(pts)}"/>'
+            )
         for i, v in enumerate(s.values):
             if v is None:
                 continue
@@ -180,7 +215,8 @@ def line_chart(
             note = f" ({s.notes[i]})" if s.notes else ""
             tip = f"{s.label} · {x_labels[i]}: {value_fmt(v)}{note}"
             out.append(
-                f'<circle class="pt" cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{s.color}"><title>{escape(tip)}</title></circle>'
+                f'<circle class="pt" cx="{x + shift[i][si]:.1f}" cy="{y:.1f}" r="3.5" fill="{s.color}">'
+                f"<title>{escape(tip)}</title></circle>"
             )
     for i, label in enumerate(x_labels):
         out.append(_x_label(LEFT + step * (i + 0.5), label, len(x_labels)))
@@ -220,19 +256,30 @@ def radar(axes: Sequence[RadarAxis], series: Sequence[Series], title: str) -> st
             f'<text class="axis-label" x="{lx:.1f}" y="{ly + 4:.1f}" text-anchor="{anchor}">{escape(axis.label)}'
             f'<tspan class="tick" x="{lx:.1f}" dy="13">(rim {escape(axis.fmt(axis.scale))})</tspan></text>'
         )
-    for s in series:
-        fracs = [
-            0.0 if v is None else min(max(v / ax.scale, 0.0), 1.0)
-            for v, ax in zip(s.values, axes, strict=True)
-        ]
+    fracs_per_series = [
+        [0.0 if v is None else min(max(v / ax.scale, 0.0), 1.0) for v, ax in zip(s.values, axes, strict=True)]
+        for s in series
+    ]
+    # points of several runs at the same place (equal values) are set side by side, across the spoke
+    shifts = [spread_overlaps([point(i, f[i]) for f in fracs_per_series]) for i in range(n)]
+    for si, (s, fracs) in enumerate(zip(series, fracs_per_series, strict=True)):
         pts = " ".join(f"{x:.1f},{y:.1f}" for x, y in (point(i, f) for i, f in enumerate(fracs)))
-        out.append(f'<polygon class="area" points="{pts}" fill="{s.color}" stroke="{s.color}"/>')
+        out.append(f'<polygon class="area" points="{pts}" fill="{s.color}" stroke="{s.color}"{dash(si)}/>')
         for i, (v, ax) in enumerate(zip(s.values, axes, strict=True)):
             x, y = point(i, fracs[i])
+            angle = -math.pi / 2 + 2 * math.pi * i / n
+            d = shifts[i][si]
+            x, y = x - d * math.sin(angle), y + d * math.cos(angle)
             shown = "n/a" if v is None else ax.fmt(v)
+            same = [
+                o.label
+                for oi, o in enumerate(series)
+                if oi != si and abs(fracs_per_series[oi][i] - fracs[i]) < 1e-9
+            ]
+            same_note = f" (same as {', '.join(same)}; drawn side by side)" if same else ""
             out.append(
-                f'<circle class="pt" cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{s.color}">'
-                f"<title>{escape(f'{s.label} · {ax.label}: {shown}')}</title></circle>"
+                f'<circle class="pt" cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{s.color}" data-series="{si}">'
+                f"<title>{escape(f'{s.label} · {ax.label}: {shown}{same_note}')}</title></circle>"
             )
     out.append("</svg>")
     return "\n".join(out)
@@ -244,3 +291,168 @@ def legend(labels: Sequence[str]) -> str:
         for i, label in enumerate(labels)
     )
     return f'<div class="legend">{items}</div>'
+
+
+def _nice_range(lo: float, hi: float) -> tuple[float, float]:
+    """Axis bounds around [lo, hi]: 0 included when the data are all of one sign and near it."""
+    if lo > 0 and lo < 0.5 * hi:
+        lo = 0.0
+    if hi < 0 and hi > 0.5 * lo:
+        hi = 0.0
+    if hi - lo < 1e-12:
+        pad = abs(hi) * 0.1 or 1.0
+        lo, hi = lo - pad, hi + pad
+    span = nice_ceil((hi - lo) / 4)
+    return math.floor(lo / span) * span, math.ceil(hi / span - 1e-9) * span
+
+
+def _ticks_between(lo: float, hi: float, max_ticks: int = 5) -> list[float]:
+    span = nice_ceil((hi - lo) / max_ticks)
+    first = math.ceil(lo / span - 1e-9)
+    return [k * span for k in range(first, math.floor(hi / span + 1e-9) + 1)]
+
+
+@dataclass
+class XYSeries:
+    label: str
+    xs: Sequence[float]
+    ys: Sequence[float | None]
+    color: str
+
+
+#: above this many points a curve is drawn without a marker per point
+MAX_MARKERS = 120
+
+
+def step_chart(
+    series: Sequence[XYSeries],
+    title: str,
+    value_fmt: Callable[[float], str] = tick_number,
+    x_title: str = "step",
+    cls: str = "lines steps",
+    attrs: str = "",
+) -> str:
+    """Curves over a numeric x axis (training steps); gaps where a value is ``None``.
+
+    The y range follows the data (negative rewards included); each point carries a tooltip with
+    its step and value (curves of more than :data:`MAX_MARKERS` points: the line only).
+    """
+    plot_w, plot_h = W - LEFT - RIGHT, H - TOP - BOTTOM
+    xs_all = [x for s in series for x, y in zip(s.xs, s.ys, strict=True) if y is not None]
+    ys_all = [y for s in series for y in s.ys if y is not None]
+    out = _open(cls, title, attrs)
+    if not ys_all:
+        out.append(f'<text class="na" x="{W / 2}" y="{H / 2}" text-anchor="middle">no values logged</text>')
+        out.append("</svg>")
+        return "\n".join(out)
+    x_lo, x_hi = min(xs_all), max(xs_all)
+    if x_hi - x_lo < 1e-12:
+        x_lo, x_hi = x_lo - 1, x_hi + 1
+    y_lo, y_hi = _nice_range(min(ys_all), max(ys_all))
+
+    def xy(x: float, y: float) -> tuple[float, float]:
+        return LEFT + plot_w * (x - x_lo) / (x_hi - x_lo), TOP + plot_h * (1 - (y - y_lo) / (y_hi - y_lo))
+
+    for v in _ticks_between(y_lo, y_hi):
+        _, y = xy(x_lo, v)
+        out.append(f'<line class="grid" x1="{LEFT}" x2="{W - RIGHT}" y1="{y:.1f}" y2="{y:.1f}"/>')
+        out.append(
+            f'<text class="tick" x="{LEFT - 4}" y="{y + 3:.1f}" text-anchor="end">{escape(value_fmt(v))}</text>'
+        )
+    for v in _ticks_between(x_lo, x_hi, 6):
+        x, _ = xy(v, y_lo)
+        out.append(
+            f'<text class="tick" x="{x:.1f}" y="{H - BOTTOM + 14}" text-anchor="middle">{escape(tick_number(v))}</text>'
+        )
+    for si, s in enumerate(series):
+        runs: list[list[str]] = [[]]
+        for x, y in zip(s.xs, s.ys, strict=True):
+            if y is None:
+                runs.append([])
+                continue
+            px, py = xy(x, y)
+            runs[-1].append(f"{px:.1f},{py:.1f}")
+        for pts in runs:
+            if len(pts) > 1:
+                out.append(
+                    f'<polyline class="line" fill="none" stroke="{s.color}"{dash(si)} points="{" ".join(pts)}">'
+                    f"<title>{escape(s.label)}</title></polyline>"
+                )
+        if sum(y is not None for y in s.ys) <= MAX_MARKERS:
+            for x, y in zip(s.xs, s.ys, strict=True):
+                if y is None:
+                    continue
+                px, py = xy(x, y)
+                tip = f"{s.label} · step {tick_number(x)}: {value_fmt(y)}"
+                out.append(
+                    f'<circle class="pt" cx="{px:.1f}" cy="{py:.1f}" r="2.5" fill="{s.color}">'
+                    f"<title>{escape(tip)}</title></circle>"
+                )
+    return _close_with_x_axis(out, plot_w, plot_h, x_title)
+
+
+@dataclass
+class ScatterPoint:
+    x: float
+    y: float
+    color: str
+    #: the tooltip line of this point (e.g. question id and values)
+    label: str
+    group: str
+
+
+def scatter(
+    points: Sequence[ScatterPoint],
+    title: str,
+    x_title: str,
+    y_title: str,
+    x_fmt: Callable[[float], str] = tick_number,
+    y_fmt: Callable[[float], str] = tick_number,
+    y_max: float | None = None,
+    cls: str = "scatter",
+    attrs: str = "",
+) -> str:
+    """One dot per point. Points at the same position are drawn as one larger dot with the count
+    written next to it and every point in its tooltip (nothing hides behind another); points of
+    different groups at one position are set side by side."""
+    plot_w, plot_h = W - LEFT - RIGHT, H - TOP - BOTTOM
+    x_hi = nice_ceil(max((p.x for p in points), default=0.0) * 1.05) if points else 1.0
+    y_hi = y_max if y_max is not None else nice_ceil(max((p.y for p in points), default=0.0) * 1.05)
+    out = _open(cls, title, attrs) + _y_axis(y_hi, y_fmt)
+
+    def xy(x: float, y: float) -> tuple[float, float]:
+        return LEFT + plot_w * min(max(x / x_hi, 0.0), 1.0), TOP + plot_h * (1 - min(max(y / y_hi, 0.0), 1.0))
+
+    for v in _ticks_between(0.0, x_hi, 6):
+        x, _ = xy(v, 0.0)
+        out.append(
+            f'<text class="tick" x="{x:.1f}" y="{H - BOTTOM + 14}" text-anchor="middle">{escape(x_fmt(v))}</text>'
+        )
+    out.append(
+        f'<text class="axis-title" x="14" y="{TOP + plot_h / 2:.1f}" text-anchor="middle" '
+        f'transform="rotate(-90 14 {TOP + plot_h / 2:.1f})">{escape(y_title)}</text>'
+    )
+    # one mark per (group, position); marks of different groups at one position side by side
+    marks: dict[tuple[str, int, int], list[ScatterPoint]] = {}
+    for p in points:
+        px, py = xy(p.x, p.y)
+        marks.setdefault((p.group, round(px * 2), round(py * 2)), []).append(p)
+    keys = list(marks)
+    centres = [xy(marks[k][0].x, marks[k][0].y) for k in keys]
+    shifts = spread_overlaps(centres, OVERLAP_GAP * 1.5)
+    for key, (px, py), d in zip(keys, centres, shifts, strict=True):
+        members = marks[key]
+        first = members[0]
+        r = 3.5 if len(members) == 1 else min(3.5 + 1.5 * math.sqrt(len(members)), 10)
+        tip = "\n".join(m.label for m in members)
+        if len(members) > 1:
+            tip = f"{len(members)} questions here:\n{tip}"
+        out.append(
+            f'<circle class="pt dot" cx="{px + d:.1f}" cy="{py:.1f}" r="{r:.1f}" fill="{first.color}" '
+            f'data-count="{len(members)}" data-group="{escape(first.group)}"><title>{escape(tip)}</title></circle>'
+        )
+        if len(members) > 1:
+            out.append(
+                f'<text class="count" x="{px + d + r + 1:.1f}" y="{py - r:.1f}">×{len(members)}</text>'
+            )
+    return _close_with_x_axis(out, plot_w, plot_h, x_title)

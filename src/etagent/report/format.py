@@ -127,7 +127,7 @@ def terminal_table(
     / ``score`` (columns: data sets) and at the end of the pipeline (columns: models)."""
     from rich.table import Table
 
-    tables = list(columns.values())
+    tables = [shown_dataset(t) for t in columns.values()]
     table = Table(title=title)
     table.add_column("metric")
     for name in columns:
@@ -201,8 +201,41 @@ def has_metric(spec: MetricSpec, tables: list[dict[str, Any] | None]) -> bool:
     return any(t is not None and t.get(spec.key) is not None for t in tables)
 
 
+#: metrics that say nothing about a run without tool calls: a trajectory without calls counts
+#: as concise (docs/method.md 7.5), so such a run would score 100 for making no call at all
+NEEDS_TOOL_CALLS = ("conciseness", "conciseness_exact")
+
+
+def made_no_tool_calls(table: dict[str, Any] | None) -> bool:
+    """A data set's metrics (metrics.json) of a run that made no tool call on it."""
+    return (
+        table is not None
+        and table.get("mean_tool_calls") is not None
+        and float(table["mean_tool_calls"]) == 0
+    )
+
+
+def shown_dataset(table: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The data set metrics as the reports show them: conciseness left out (None) without tool calls."""
+    if not made_no_tool_calls(table):
+        return table
+    assert table is not None
+    return {**table, **dict.fromkeys(NEEDS_TOOL_CALLS)}
+
+
+def shown_overall(overall: dict[str, Any], datasets: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """metrics.json ``overall`` as the reports show it: conciseness left out (None) when the run
+    made no tool call on any data set (its mean would be the vacuous 100)."""
+    present = [t for t in datasets if t is not None]
+    if present and all(made_no_tool_calls(t) for t in present):
+        return {**overall, **dict.fromkeys(NEEDS_TOOL_CALLS)}
+    return overall
+
+
 def unit_note() -> str:
     return (
         "Percentages are fractions x100; Effi = mean correctness / tool calls (docs/method.md 7.4); "
-        "Reasoning Length = mean correctness per 1k model tokens (docs/method.md 7.5)."
+        "Reasoning Length = mean correctness per 1k model tokens (docs/method.md 7.5). "
+        "Conciseness is shown as – for a run that made no tool call (on that data set, or, overall, on any): "
+        "a trajectory without calls counts as concise, so the value would be 100 without meaning anything."
     )

@@ -28,10 +28,12 @@ from etagent.report.format import (
     fmt_delta,
     fmt_value,
     has_metric,
+    shown_dataset,
     unit_note,
 )
-from etagent.report.loader import RunResult, natural_key
-from etagent.report.markdown import dataset_names
+from etagent.report.loader import ParetoRun, RLRun, RunResult, natural_key
+from etagent.report.markdown import dataset_names, shown_overall_of
+from etagent.report.training import pareto_section, rl_section
 from etagent.scoring.metrics import result_failed
 
 #: per-data-set bar charts: (metrics.json key, title, kind)
@@ -154,7 +156,7 @@ def _compare_table(
 
 
 def radar_chart(runs: Sequence[RunResult]) -> str:
-    overall = [r.metrics["overall"] for r in runs]
+    overall = [shown_overall_of(r) for r in runs]
     per_k_peak = max((o.get("correctness_per_ktoken") or 0.0 for o in overall), default=0.0)
     axes = [
         RadarAxis("Correctness P", 1.0, _fmt("pct")),
@@ -309,10 +311,39 @@ def render_html(
     title: str = "etagent evaluation report",
     max_block_chars: int = 2000,
     page_size: int = 50,
+    rl: Sequence[RLRun] = (),
+    pareto: Sequence[ParetoRun] = (),
 ) -> str:
-    """The whole page as one string. ``runs[0]`` is the baseline the deltas refer to."""
-    if not runs:
+    """The whole page as one string. ``runs[0]`` is the baseline the deltas refer to; ``rl`` and
+    ``pareto`` add the training sections (RL curves, Pareto selection)."""
+    if not (runs or rl or pareto):
         raise ValueError("render_html needs at least one run")
+    nav = []
+    if runs:
+        nav += [("overview", "overview"), ("datasets", "data sets"), ("tool-calls", "tool calls"),
+                ("lengths", "lengths"), ("trajectories", "trajectories")]  # fmt: skip
+    if rl:
+        nav.append(("rl", "RL training"))
+    if pareto:
+        nav.append(("pareto", "Pareto selection"))
+    head = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{escape(title)}</title><style>{CSS}</style></head><body>",
+        f"<header><h1>{escape(title)}</h1>",
+        "<nav>" + "".join(f'<a href="#{a}">{escape(text)}</a>' for a, text in nav) + "</nav></header>",
+    ]
+    training = ([rl_section(rl)] if rl else []) + ([pareto_section(pareto)] if pareto else [])
+    if not runs:
+        return "\n".join([*head, *training, "</body></html>"]) + "\n"
+    return "\n".join([*head, *_eval_parts(runs, max_block_chars, page_size, training)]) + "\n"
+
+
+def _eval_parts(
+    runs: Sequence[RunResult], max_block_chars: int, page_size: int, training: list[str]
+) -> list[str]:
+    """The eval sections, the training sections, and the viewer's data and script last."""
     datasets = dataset_names(runs)
     items = viewer_data(runs, max_block_chars)
     data = {
@@ -332,19 +363,12 @@ def render_html(
         for i, r in enumerate(runs)
     )
     parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{escape(title)}</title><style>{CSS}</style></head><body>",
-        f"<header><h1>{escape(title)}</h1>",
-        '<nav><a href="#overview">overview</a><a href="#datasets">data sets</a><a href="#tool-calls">tool calls</a>'
-        '<a href="#lengths">lengths</a><a href="#trajectories">trajectories</a></nav></header>',
         '<table class="runs"><thead><tr><th>run</th><th>model</th><th>directory</th><th>scored</th><th>judge</th></tr></thead>'
         f"<tbody>{run_rows}</tbody></table>",
         f'<p class="note">{escape(unit_note())} Deltas: later runs minus {escape(runs[0].label)}.</p>',
         '<section id="overview"><h2>Overview</h2><div class="overview">',
         f'<div class="card">{radar_chart(runs)}{legend}</div>',
-        f"<div>{_compare_table(runs, [r.metrics['overall'] for r in runs], OVERALL_METRICS)}</div></div></section>",
+        f"<div>{_compare_table(runs, [shown_overall_of(r) for r in runs], OVERALL_METRICS)}</div></div></section>",
         '<section id="datasets"><h2>Per data set</h2>',
         legend,
         '<div class="grid">'
@@ -352,7 +376,7 @@ def render_html(
         + "</div>",
     ]
     for name in datasets:
-        tables = [r.dataset_metrics(name) for r in runs]
+        tables = [shown_dataset(r.dataset_metrics(name)) for r in runs]
         present = next(t for t in tables if t is not None)
         sizes = ", ".join("–" if t is None else str(t.get("n", "?")) for t in tables)
         parts.append(
@@ -377,8 +401,9 @@ def render_html(
         _filters(runs, items),
         '<p id="traj-count"></p><ol id="traj-list"></ol><button id="traj-more" type="button" hidden>show more</button>',
         "</section>",
+        *training,
         f'<script type="application/json" id="report-data">{json_for_script(data)}</script>',
         f"<script>{JS}</script>",
         "</body></html>",
     ]
-    return "\n".join(parts) + "\n"
+    return parts

@@ -12,9 +12,12 @@ from etagent.report.format import (
     fmt_delta,
     fmt_value,
     has_metric,
+    shown_dataset,
+    shown_overall,
     unit_note,
 )
-from etagent.report.loader import RunResult
+from etagent.report.loader import ParetoRun, RLRun, RunResult
+from etagent.report.training import markdown_lines
 
 
 def _cell(text: Any) -> str:
@@ -57,10 +60,29 @@ def dataset_names(runs: Sequence[RunResult]) -> list[str]:
     return names
 
 
-def render_markdown(runs: Sequence[RunResult], title: str = "etagent evaluation report") -> str:
-    if not runs:
+def shown_overall_of(run: RunResult) -> dict[str, Any]:
+    """The run's overall metrics as the reports show them (format.shown_overall)."""
+    return shown_overall(run.metrics["overall"], [run.dataset_metrics(d) for d in run.datasets])
+
+
+def render_markdown(
+    runs: Sequence[RunResult],
+    title: str = "etagent evaluation report",
+    rl: Sequence[RLRun] = (),
+    pareto: Sequence[ParetoRun] = (),
+) -> str:
+    """Eval runs (``runs[0]`` the baseline), then the RL runs' first/last values and the Pareto stages."""
+    if not (runs or rl or pareto):
         raise ValueError("render_markdown needs at least one run")
-    lines = [f"# {title}", ""]
+    lines = [f"# {title}"]
+    if runs:
+        lines += _eval_lines(runs)
+    lines += markdown_lines(rl, pareto)
+    return "\n".join(lines) + "\n"
+
+
+def _eval_lines(runs: Sequence[RunResult]) -> list[str]:
+    lines = [""]
     lines += _table(
         ["run", "model", "directory", "scored", "judge"],
         [
@@ -76,9 +98,9 @@ def render_markdown(runs: Sequence[RunResult], title: str = "etagent evaluation 
         numeric=False,
     )
     lines += ["", unit_note(), "", "## Overall (five dimensions, mean over data sets)", ""]
-    lines += _table(_header(runs), _compare_rows(runs, [r.metrics["overall"] for r in runs], OVERALL_METRICS))
+    lines += _table(_header(runs), _compare_rows(runs, [shown_overall_of(r) for r in runs], OVERALL_METRICS))
     for name in dataset_names(runs):
-        tables = [r.dataset_metrics(name) for r in runs]
+        tables = [shown_dataset(r.dataset_metrics(name)) for r in runs]
         present = [t for t in tables if t is not None]
         task = present[0].get("task", "?")
         metric = present[0].get("correctness_metric", "?")
@@ -91,7 +113,7 @@ def render_markdown(runs: Sequence[RunResult], title: str = "etagent evaluation 
             + [""] * (len(runs) - 1)
         )
         lines += _table(_header(runs), rows)
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _finish_reasons(table: dict[str, Any]) -> str:
