@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from etagent.config import ConfigModel
 from etagent.eval.stage import EvalConfig, run_eval
@@ -34,6 +34,7 @@ from etagent.report.loader import pipeline_stage_dirs
 from etagent.rl.config import RLConfig
 from etagent.rl.trl_engine import run_rl
 from etagent.tasks import load_questions
+from etagent.tools.search.config import SummariserConfig
 from etagent.train.sft import SFTConfig, run_sft
 
 log = logging.getLogger("etagent.pipeline")
@@ -66,6 +67,19 @@ class PipelineConfig(ConfigModel):
     rl: RLConfig = Field(default_factory=lambda: RLConfig(keep_checkpoints=False))
     eval: EvalConfig = Field(default_factory=EvalConfig)
     eval_base: bool = Field(True, description="also evaluate the base model (the report's baseline)")
+    search_summariser: SummariserConfig | None = Field(
+        None,
+        description="the search tool's summariser in every phase at once: the flywheel, Pareto "
+        "sampling, RL and evaluation (docs/method.md Decision 7); None = each stage's own "
+        "agent.tools.search.summariser",
+    )
+
+    @model_validator(mode="after")
+    def _one_summariser(self) -> PipelineConfig:
+        if self.search_summariser is not None:
+            for agent in (self.flywheel.agent, self.pareto.rollout.agent, self.rl.agent, self.eval.agent):
+                agent.tools = agent.tools.with_section("search", summariser=self.search_summariser)
+        return self
 
 
 class Pipeline:

@@ -1,5 +1,5 @@
 """The summariser is switched on per phase (each stage's search section) or for every phase at
-once (one YAML anchor in a pipeline config), as Decision 7 of docs/method.md says."""
+once (the pipeline's ``search_summariser``, or one YAML anchor), as Decision 7 of docs/method.md says."""
 
 from __future__ import annotations
 
@@ -55,3 +55,21 @@ def test_one_phase_only(tmp_path) -> None:
     on = ["agent.tools.search.summariser.enabled=true"]
     assert load_config(EvalConfig, None, on).agent.tools.section("search").summariser.enabled
     assert not load_config(RLConfig, None, []).agent.tools.section("search").summariser.enabled
+
+
+def test_one_pipeline_setting_switches_the_summariser_on_for_every_phase() -> None:
+    from etagent.pipeline import PipelineConfig
+
+    cfg = load_config(
+        PipelineConfig, None, ["search_summariser.enabled=true", "search_summariser.max_new_tokens=77"]
+    )
+    for phase, agent in {
+        "flywheel": cfg.flywheel.agent,
+        "pareto": cfg.pareto.rollout.agent,
+        "rl": cfg.rl.agent,
+        "eval": cfg.eval.agent,
+    }.items():
+        summariser = agent.tools.section("search").summariser
+        assert summariser.enabled and summariser.max_new_tokens == 77, phase
+    assert not cfg.cold_start_data.agent.tools.section("search").summariser.enabled
+    assert not load_config(PipelineConfig, None, []).eval.agent.tools.section("search").summariser.enabled
