@@ -165,3 +165,23 @@ def test_a_section_given_in_part_keeps_the_stage_defaults_of_the_rest(tmp_path):
     assert (rl.agent.budget.max_response_tokens, rl.agent.budget.on_budget) == (1024, "stop")
     with pytest.raises(ConfigError, match=r"rollout\.engine policy rolls out with backend kind"):
         load_config(RLConfig, None, ["agent.backend.kind=openai"])
+
+
+def test_checking_a_config_does_not_load_torch():
+    """A stage's config (hf backend included) validates without importing torch or transformers:
+    a CLI error in a config costs a second, not the seconds those imports take."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from etagent.config import load_config\n"
+        "from etagent.rl.config import RLConfig\n"
+        "from etagent.pipeline import PipelineConfig\n"
+        "load_config(RLConfig, None, ['agent.backend.hf.batch_size=8'])\n"
+        "load_config(PipelineConfig, None, [])\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'trl') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

@@ -16,7 +16,7 @@ from pydantic import ConfigDict, Field, model_validator
 
 from etagent.backends.base import Generator
 from etagent.config import ConfigModel, validate_section
-from etagent.registry import Registry, RegistryError, is_dotted_path
+from etagent.registry import Registry, RegistryError, import_object, is_dotted_path
 
 #: backend name -> "module:Class"; imported when first used
 BACKENDS: Registry[type[Generator]] = Registry(
@@ -28,6 +28,21 @@ BACKENDS: Registry[type[Generator]] = Registry(
 ORACLE = "expert"
 #: the settings section of a backend given by dotted path
 PLUGIN_SECTION = "settings"
+
+
+#: the settings classes of the built-in backends, named so that a config check does not import the
+#: backends themselves (the hf engine pulls in torch and transformers: seconds per CLI call)
+_BUILTIN_SETTINGS = {
+    "hf": "etagent.backends.hf.config:HFConfig",
+    "openai": "etagent.backends.openai_backend:OpenAIConfig",
+}
+
+
+def settings_class(kind: str) -> type[ConfigModel] | None:
+    """The class of backend ``kind``'s settings section (its ``config_class``)."""
+    if kind in _BUILTIN_SETTINGS:
+        return import_object(_BUILTIN_SETTINGS[kind])
+    return backend_class(kind).config_class
 
 
 def backend_class(kind: str) -> type[Generator]:
@@ -77,19 +92,19 @@ class BackendConfig(ConfigModel):
             if key == PLUGIN_SECTION:
                 if not is_dotted_path(self.kind):
                     raise ValueError(f"{PLUGIN_SECTION}: only for a backend given by dotted path")
-                cls = backend_class(self.kind)
+                settings = settings_class(self.kind)
             elif key in BACKENDS:
-                cls = backend_class(key)
+                settings = settings_class(key)
             else:
                 raise ValueError(
                     f"{key!r} is not a setting of backend and not a backend ({', '.join(BACKENDS.names())})"
                 )
-            if cls.config_class is not None:
-                sections[key] = validate_section(key, value, cls.config_class)
+            if settings is not None:
+                sections[key] = validate_section(key, value, settings)
         if self.kind != ORACLE and self.section_name not in sections:
-            cls = backend_class(self.kind)
-            if cls.config_class is not None:
-                sections[self.section_name] = cls.config_class()
+            settings = settings_class(self.kind)
+            if settings is not None:
+                sections[self.section_name] = settings()
         return self
 
     def section(self, name: str | None = None) -> Any:
@@ -100,8 +115,8 @@ class BackendConfig(ConfigModel):
             return extra[name]
         if name == ORACLE:
             return {}
-        cls = backend_class(self.kind if name == PLUGIN_SECTION else name)
-        return cls.config_class() if cls.config_class is not None else None
+        settings = settings_class(self.kind if name == PLUGIN_SECTION else name)
+        return settings() if settings is not None else None
 
 
 def build_generator(cfg: BackendConfig) -> Generator:

@@ -51,9 +51,28 @@ The modules, one job each:
 - :mod:`.config`: :class:`HFConfig`, the ``backend.hf`` settings.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from etagent.backends.hf.config import HFConfig
-from etagent.backends.hf.device import resolve_device, resolve_dtype
-from etagent.backends.hf.engine import HFGenerator
-from etagent.backends.hf.prefix_store import PrefixStore, default_prefix_cache_bytes
+
+#: imported on first use: the engine pulls in torch and transformers (seconds), which checking a
+#: config that names this backend (``HFConfig``) must not cost
+_LAZY = {
+    "HFGenerator": "etagent.backends.hf.engine",
+    "PrefixStore": "etagent.backends.hf.prefix_store",
+    "default_prefix_cache_bytes": "etagent.backends.hf.prefix_store",
+    "resolve_device": "etagent.backends.hf.device",
+    "resolve_dtype": "etagent.backends.hf.device",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["HFConfig", "HFGenerator", "PrefixStore", "default_prefix_cache_bytes", "resolve_device", "resolve_dtype"]
