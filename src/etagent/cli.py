@@ -82,6 +82,8 @@ def _load(
 def _setup_logging(verbose: bool = False) -> None:
     from etagent.runtime import process_rank
 
+    root = logging.getLogger()
+    ours = not root.handlers  # else a host (a notebook, pytest) configured logging: leave its handlers be
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -91,8 +93,9 @@ def _setup_logging(verbose: bool = False) -> None:
     logging.getLogger("etagent").setLevel(logging.INFO if process_rank() == 0 else logging.WARNING)
     from etagent.train.progress import console_filter
 
-    for handler in logging.getLogger().handlers:  # the console: records marked file-only stay in log.txt
-        handler.addFilter(console_filter)
+    if ours:
+        for handler in root.handlers:  # the console: records marked file-only stay in log.txt
+            handler.addFilter(console_filter)
 
 
 def _summary_table(title: str, summaries: dict[str, dict[str, Any]]) -> Table:
@@ -118,8 +121,28 @@ def _summary_table(title: str, summaries: dict[str, dict[str, Any]]) -> Table:
             v = s.get(key)
             cells.append("-" if v is None else (f"{v:.1f}" if key == "mean_model_tokens" else f"{v:.3f}"))
         table.add_row(label, *cells)
+    if any("failed_tool_calls" in s for s in summaries.values()):
+        table.add_row("failed tool calls", *[_failed_calls(s) for s in summaries.values()])
     table.add_row("trajectories", *[str(s.get("trajectories", 0)) for s in summaries.values()])
     return table
+
+
+def _failed_calls(summary: dict[str, Any]) -> str:
+    """``k of n``: the tool calls that failed of those run (rollout/stage.py ``tool_failures``)."""
+    if "failed_tool_calls" not in summary:
+        return "-"
+    return f"{summary['failed_tool_calls']} of {summary.get('tool_calls_run', 0)}"
+
+
+def _keep_summary(run: Any, *args: Any) -> tuple[dict[str, Any], Exception | None]:
+    """``run(*args)``'s summary, and the stage's tool-failure error if it raised one: the summary
+    is printed before the error (the stage wrote everything before raising)."""
+    from etagent.rollout.stage import ToolFailureError
+
+    try:
+        return run(*args), None
+    except ToolFailureError as e:
+        return e.summary, e
 
 
 @app.command()
@@ -155,13 +178,15 @@ def rollout(
     )
     run_dir = run_dir or new_run_dir("rollout")
     prepare_run_dir(run_dir, cfg)
-    summary = run_rollout(cfg, run_dir)
+    summary, failure = _keep_summary(run_rollout, cfg, run_dir)
     console.print(
         _summary_table(
             f"rollout {cfg.data} ({cfg.agent.backend.kind}:{cfg.agent.backend.model})", {"run": summary}
         )
     )
     console.print(f"trajectories: {run_dir / cfg.output}")
+    if failure is not None:
+        raise failure
 
 
 @tool_app.command("search")
@@ -344,7 +369,11 @@ def _run_stage(
     cfg = _load(cls, config, overrides, shortcuts, run_dir)
     run_dir = run_dir or new_run_dir(command)
     prepare_run_dir(run_dir, cfg)
-    return cfg, run_dir, runner(cfg, run_dir)
+    summary, failure = _keep_summary(runner, cfg, run_dir)
+    if failure is not None:  # the summary of the stage that failed (in a pipeline: one of its stages)
+        _print_summary(summary, tuple(k for k in summary if not isinstance(summary[k], (list, dict))))
+        raise failure
+    return cfg, run_dir, summary
 
 
 def _print_summary(summary: dict[str, Any], keys: tuple[str, ...]) -> None:
@@ -562,9 +591,11 @@ def eval_(
             dataset.limit = limit
     run_dir = run_dir or new_run_dir("eval")
     prepare_run_dir(run_dir, cfg)
-    metrics = run_eval(cfg, run_dir)
+    metrics, failure = _keep_summary(run_eval, cfg, run_dir)
     console.print(_metrics_table(f"eval ({cfg.agent.backend.kind}:{cfg.agent.backend.model})", metrics))
     console.print(f"report: {run_dir / 'report.html'}")
+    if failure is not None:
+        raise failure
 
 
 @app.command()
@@ -631,6 +662,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input or a missing service: shown as one line, not a traceback."""
     from etagent.backends.openai_backend import BackendResponseError
     from etagent.registry import RegistryError
+    from etagent.rollout.stage import ToolFailureError
     from etagent.tools.sandbox.launch import SandboxUnavailable
     from etagent.tools.search.retriever import RetrieverError
 
@@ -643,6 +675,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         RetrieverError,
         BackendResponseError,
         RegistryError,
+        ToolFailureError,
     )
 
 
@@ -654,7 +687,66 @@ KNOWN_DEPENDENCY_WARNINGS = (
 )
 
 
+class _Interrupts:
+    """The SIGINT handler of the command line: the first Ctrl-C raises KeyboardInterrupt (the stage
+    stops; its finally blocks close the tools, the model and the files), later ones are ignored, so
+    that a second Ctrl-C cannot break the shutdown (a KeyboardInterrupt raised inside a finalizer or
+    an atexit handler: "Exception ignored in ... weakref ...")."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        if self.count == 1:
+            raise KeyboardInterrupt
+
+
+def resume_command(argv: list[str], run_dir: Path) -> str:
+    """``argv`` (the command as run) with ``--run-dir run_dir`` in place of any ``--run-dir``, as
+    one shell line; the program by its name when that name finds it on PATH."""
+    import shlex
+    import shutil
+
+    program = argv[0]
+    name = Path(program).name
+    found = shutil.which(name)
+    if found is not None and Path(program).exists() and Path(found).resolve() == Path(program).resolve():
+        program = name
+    args: list[str] = []
+    rest = iter(argv[1:])
+    for arg in rest:
+        if arg == "--run-dir":
+            next(rest, None)
+        elif not arg.startswith("--run-dir="):
+            args.append(arg)
+    return shlex.join([program, *args, "--run-dir", str(run_dir)])
+
+
+def _report_interrupt() -> None:
+    """One line: what was kept and how to resume; then exit 130 (128 + SIGINT). Further Ctrl-Cs
+    are ignored from here on: the interpreter's shutdown (atexit, finalizers) runs undisturbed."""
+    import signal
+
+    from etagent.rundir import command_run_dir
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    run_dir = command_run_dir()
+    if run_dir is None:
+        line = "interrupted"  # a command without a run directory (score, report, tool, serve-*)
+    else:
+        line = (
+            f"interrupted: the finished work is kept in {run_dir}; resume with: "
+            f"{resume_command(sys.argv, run_dir)}"
+        )
+    sys.stderr.write("\n")  # end a progress bar's line
+    console.print(line, highlight=False, markup=False, soft_wrap=True)
+    sys.exit(130)
+
+
 def main() -> None:
+    import signal
     import warnings
 
     for message in KNOWN_DEPENDENCY_WARNINGS:
@@ -664,8 +756,17 @@ def main() -> None:
         lambda record: "`past_key_values`/`cache_params` are deprecated" not in record.getMessage()
     )
     _setup_logging()
+    interrupts = _Interrupts()
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when SIGINT is ignored
+        signal.signal(signal.SIGINT, interrupts)
     try:
         app()
+    except KeyboardInterrupt:  # outside typer, which turns one into exit 130 silently
+        _report_interrupt()
+    except SystemExit as e:
+        if e.code == 130:  # typer's exit for a KeyboardInterrupt (also when a library replaced our handler)
+            _report_interrupt()
+        raise
     except Exception as e:
         if not isinstance(e, _user_errors()):
             raise

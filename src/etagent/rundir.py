@@ -15,6 +15,15 @@ from etagent.io import atomic_write_text
 CONFIG_FILE = "config.yaml"
 LOG_FILE = "log.txt"
 
+#: the first run directory this process prepared: the command's (a pipeline's stages are inside it)
+_command_run_dir: Path | None = None
+
+
+def command_run_dir() -> Path | None:
+    """The run directory of this process's command, once prepared (None before): the one an
+    interrupted command names in its resume command (cli.main)."""
+    return _command_run_dir
+
 
 def new_run_dir(command: str, root: str | Path = "runs") -> Path:
     """``runs/<command>-<time>``, not yet existing. A job of several processes must name its one
@@ -38,7 +47,10 @@ def prepare_run_dir(run_dir: Path, cfg: BaseModel) -> logging.Logger:
     An existing directory is a resume: its config is kept as ``config.yaml`` and the new one is
     written only if the directory had none.
     """
+    global _command_run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
+    if _command_run_dir is None:
+        _command_run_dir = run_dir
     cfg_path = run_dir / CONFIG_FILE
     if not cfg_path.exists():
         atomic_write_text(cfg_path, dump_config(cfg))

@@ -24,19 +24,25 @@ from pydantic import Field, field_validator, model_validator
 from etagent.agent import AgentConfig, build_agent, build_generator_for
 from etagent.backends.base import Generator
 from etagent.config import ConfigModel
-from etagent.io import DataError
+from etagent.io import DataError, atomic_write_json, read_records
 from etagent.loop.agent_loop import SamplingConfig
 from etagent.progress import LOG_INTERVAL_S
+from etagent.records import Trajectory
 from etagent.registry import is_dotted_path
 from etagent.report.build import ReportConfig, write_report
-from etagent.report.loader import DATASETS_DIR
+from etagent.report.loader import DATASETS_DIR, METRICS_FILE
 from etagent.rollout.stage import (
     DATA_HELP,
+    MAX_TOOL_FAILURE_HELP,
+    MAX_TOOL_FAILURE_SETTING,
     TASK_HELP,
     TRAJECTORIES,
     RolloutConfig,
+    ToolFailureError,
+    check_tool_failures,
     completed_questions,
     run_rollout,
+    tool_failures,
 )
 from etagent.scoring.correctness import QAMetric
 from etagent.scoring.judge import JudgeConfig, LLMJudge
@@ -106,6 +112,9 @@ class EvalConfig(ConfigModel):
     )
     qa_metric: QAMetric = Field("f1", description="QA correctness: f1 (docs/method.md 7.3) or exact_match")
     report: ReportConfig = Field(default_factory=ReportConfig)
+    max_tool_failure_rate: float | None = Field(
+        0.5, ge=0, le=1, description=MAX_TOOL_FAILURE_HELP + "; over all data sets, checked after the reports"
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> EvalConfig:
@@ -124,6 +133,7 @@ class EvalConfig(ConfigModel):
             n=dataset.n,
             agent=self.agent,
             output=TRAJECTORIES,
+            max_tool_failure_rate=None,  # checked over all data sets once the reports are written
         )
 
 
@@ -204,6 +214,11 @@ def rescore(run_dir: str | Path, cfg: EvalConfig | None = None) -> dict[str, Any
     finally:
         if judge is not None:
             judge.close()
+    for name, table in metrics["datasets"].items():  # the tool calls that failed, per data set
+        path = dataset_dir(run_dir, name) / TRAJECTORIES
+        if table is not None and path.exists():
+            table.update(tool_failures(read_records(path, Trajectory)))
+    atomic_write_json(run_dir / METRICS_FILE, metrics)
     write_report([run_dir], cfg=cfg.report)
     return metrics
 
@@ -212,4 +227,16 @@ def run_eval(cfg: EvalConfig, run_dir: str | Path) -> dict[str, Any]:
     """Rollouts on every data set, then metrics and reports; returns the metrics (metrics.json)."""
     run_dir = Path(run_dir)
     run_rollouts(cfg, run_dir)
-    return rescore(run_dir, cfg)
+    metrics = rescore(run_dir, cfg)
+    tables = [t for t in metrics["datasets"].values() if t is not None]
+    first = next((t["first_tool_failure"] for t in tables if t.get("first_tool_failure")), None)
+    totals = {
+        "tool_calls_run": sum(t.get("tool_calls_run", 0) for t in tables),
+        "failed_tool_calls": sum(t.get("failed_tool_calls", 0) for t in tables),
+        "first_tool_failure": first,
+    }
+    try:
+        check_tool_failures(totals, cfg.max_tool_failure_rate, "eval", run_dir, MAX_TOOL_FAILURE_SETTING)
+    except ToolFailureError as e:
+        raise ToolFailureError(str(e), metrics) from None
+    return metrics

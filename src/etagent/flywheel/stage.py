@@ -51,7 +51,14 @@ from etagent.flywheel.steps import HINT_POOLS
 from etagent.io import atomic_write_json, read_records, repair_torn_tail, resumable_output
 from etagent.loop.agent_loop import AgentLoop, BudgetConfig, SamplingConfig
 from etagent.records import Question, Trajectory
-from etagent.rollout.stage import DATA_HELP, TASK_HELP
+from etagent.rollout.stage import (
+    DATA_HELP,
+    MAX_TOOL_FAILURE_HELP,
+    MAX_TOOL_FAILURE_SETTING,
+    TASK_HELP,
+    check_tool_failures,
+    tool_failures,
+)
 from etagent.scoring.correctness import AnswerCheck
 from etagent.tasks import DataRef, Task, resolve_data
 
@@ -115,6 +122,9 @@ class FlywheelConfig(ConfigModel):
     concurrency: int = Field(16, ge=1, description="questions evolved together (their calls are batched)")
     cold_start: ColdStartConfig = Field(default_factory=ColdStartConfig)
     output: str = Field(BUFFERS, description="buffer file name inside the run directory")
+    max_tool_failure_rate: float | None = Field(
+        0.5, ge=0, le=1, description=MAX_TOOL_FAILURE_HELP + "; over every trajectory in the buffers"
+    )
 
     @field_validator("hint_pools")
     @classmethod
@@ -335,5 +345,7 @@ def run_flywheel(cfg: FlywheelConfig, run_dir: Path, flywheel: Flywheel | None =
     export = write_sft(run_dir, records, tool_tags=cfg.agent.tools.tags)
     summary = _summary(records, export)
     summary.update(data=cfg.data, policy=cfg.policy_agent().backend.kind, cold_start=cfg.cold_start.enabled)
+    summary.update(tool_failures(e.trajectory for r in records for e in r.entries))
     atomic_write_json(run_dir / SUMMARY, summary)
+    check_tool_failures(summary, cfg.max_tool_failure_rate, "flywheel", run_dir, MAX_TOOL_FAILURE_SETTING)
     return summary

@@ -23,7 +23,13 @@ from etagent.loop.agent_loop import SamplingConfig
 from etagent.pareto.selection import ParetoConfig, select_groups, stages_complete, write_stages
 from etagent.protocol import tags
 from etagent.records import Trajectory
-from etagent.rollout.stage import RolloutConfig, run_rollout
+from etagent.rollout.stage import (
+    MAX_TOOL_FAILURE_SETTING,
+    RolloutConfig,
+    check_tool_failures,
+    run_rollout,
+    tool_failures,
+)
 from etagent.scoring.correctness import AnswerCheck, QAMetric
 from etagent.scoring.reward import trajectory_correctness
 from etagent.tasks import resolve_data
@@ -81,9 +87,12 @@ def run_pareto(cfg: ParetoStageConfig, run_dir: Path) -> dict[str, Any]:
     summary_path = run_dir / SUMMARY
     if stages_complete(stages_dir) and summary_path.exists():
         log.info("pareto: stages already written in %s", stages_dir)
-        return json.loads(summary_path.read_text(encoding="utf-8"))
+        stored: dict[str, Any] = json.loads(summary_path.read_text(encoding="utf-8"))
+        _check_tools(stored, cfg, run_dir)
+        return stored
 
-    rollout = cfg.rollout.model_copy(update={"output": GROUPS})  # one name in every run directory
+    # one name in every run directory; tool failures are checked once the stages are written
+    rollout = cfg.rollout.model_copy(update={"output": GROUPS, "max_tool_failure_rate": None})
     run_rollout(rollout, run_dir)
     data = cfg.rollout.data_ref()
     questions = {q.id: q for q in data.questions(cfg.rollout.limit)}
@@ -107,6 +116,13 @@ def run_pareto(cfg: ParetoStageConfig, run_dir: Path) -> dict[str, Any]:
         "selected": len(selection.ids),
         "stages": [str(f.relative_to(run_dir)) for f in files],
         **{f"selection_{k}": v for k, v in selection.stats.items()},
+        **tool_failures(trajectories),
     }
     atomic_write_json(summary_path, summary)
+    _check_tools(summary, cfg, run_dir)
     return summary
+
+
+def _check_tools(summary: dict[str, Any], cfg: ParetoStageConfig, run_dir: Path) -> None:
+    setting = f"rollout.{MAX_TOOL_FAILURE_SETTING}"
+    check_tool_failures(summary, cfg.rollout.max_tool_failure_rate, "pareto", run_dir, setting)

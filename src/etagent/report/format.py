@@ -142,6 +142,16 @@ def terminal_table(
             continue
         label = correctness_label(tables, spec.short_label) if spec.key == "correctness" else spec.short_label
         table.add_row(label, *[fmt_value(v, spec.kind) for v in values])
+    present = [t for t in tables if t is not None and "failed_tool_calls" in t]
+    if present:  # tool calls the tool failed on, of those run (rollout/stage.py tool_failures)
+        cells = [
+            f"{t['failed_tool_calls']} of {t['tool_calls_run']}" if t is not None and "failed_tool_calls" in t else "–"
+            for t in tables
+        ]
+        if overall is not None:
+            failed, run = (sum(t[k] for t in present) for k in ("failed_tool_calls", "tool_calls_run"))
+            cells.append(f"{failed} of {run}")
+        table.add_row("failed tool calls", *cells)
     sizes = [str(t.get("n", 0)) if t is not None else "–" for t in tables]
     table.add_row("trajectories", *sizes, *([""] if overall is not None else []))
     return table
