@@ -46,7 +46,7 @@ def build_retriever(cfg: SearchConfig) -> Retriever:
             cfg.url, api=cfg.api, timeout_s=cfg.timeout_s, retries=cfg.retries, backoff_s=cfg.retry_backoff_s
         )
     if cfg.is_web:
-        from etagent.tools.search.config import web_backend_class
+        from etagent.tools.search.web import web_backend_class
 
         return web_backend_class(cfg.backend).from_config(cfg.web_section())  # type: ignore[no-any-return]
     raise ValueError(f"unknown search backend {cfg.backend!r}")

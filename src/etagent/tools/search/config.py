@@ -293,9 +293,9 @@ class SearchConfig(ConfigModel):
                 f"{', '.join([*LOCAL_BACKENDS, *WEB_BACKENDS.names()])} or a dotted path package.module:Class"
             )
         if self.uses_settings:
-            cls = web_backend_class(name)
-            if not isinstance(self.settings, cls.config_class):
-                settings = validate_section(PLUGIN_SECTION, self.settings, cls.config_class)
+            settings_class = _plugin_settings_class(name)
+            if not isinstance(self.settings, settings_class):
+                settings = validate_section(PLUGIN_SECTION, self.settings, settings_class)
                 object.__setattr__(self, "settings", settings)  # no re-validation loop
         elif self.settings is not None:
             raise ValueError(
@@ -332,16 +332,17 @@ class SearchConfig(ConfigModel):
         return self.result_format == "pages" or (self.result_format == "auto" and self.is_web)
 
 
-def web_backend_class(name: str) -> Any:
-    """The WebSearch class a registered name or dotted path names (imports it)."""
-    from etagent.tools.search.web import WebSearch
-
+def _plugin_settings_class(name: str) -> type[ConfigModel]:
+    """The ``config_class`` of a web backend given by dotted path (that it is a WebSearch is
+    checked when the tool is built: :func:`etagent.tools.search.web.web_backend_class`)."""
     try:
         cls = WEB_BACKENDS.get(name)
     except RegistryError as e:
         raise ValueError(f"backend: {e}") from None
-    if not (isinstance(cls, type) and issubclass(cls, WebSearch)):
+    settings = getattr(cls, "config_class", None)
+    if not (isinstance(settings, type) and issubclass(settings, ConfigModel)):
         raise ValueError(
-            f"backend: {name!r} is {cls!r}, not a subclass of etagent.tools.search.web.WebSearch"
+            f"backend: {name!r} is {cls!r}, not a subclass of etagent.tools.search.web.WebSearch "
+            "(it has no config_class)"
         )
-    return cls
+    return settings

@@ -41,7 +41,9 @@ from urllib.parse import urlencode
 
 import httpx
 
+from etagent.registry import RegistryError
 from etagent.tools.search.config import (
+    WEB_BACKENDS,
     BingConfig,
     DdgsConfig,
     SearxngConfig,
@@ -446,3 +448,16 @@ class DdgsSearch(WebSearch):
                 return []
             raise TransientError(f"no engine answered: {e}") from None
         return _hits(list(items or []), "ddgs", link="href", title="title", text="body")
+
+
+def web_backend_class(name: str) -> Any:
+    """The WebSearch class a registered name or dotted path names (imports it)."""
+    try:
+        cls = WEB_BACKENDS.get(name)
+    except RegistryError as e:
+        raise ValueError(f"backend: {e}") from None
+    if not (isinstance(cls, type) and issubclass(cls, WebSearch)):
+        raise ValueError(
+            f"backend: {name!r} is {cls!r}, not a subclass of etagent.tools.search.web.WebSearch"
+        )
+    return cls
