@@ -17,7 +17,7 @@ import pytest
 from etagent.cli import resume_command
 
 ETAGENT = str(Path(sys.executable).with_name("etagent"))
-ARGS = ["rollout", "--backend", "expert", "--data", "toolworld:train", "--n", "4", "--limit", "200"]
+ARGS = ["rollout", "--backend", "expert", "--data", "toolworld:train", "--n", "4", "--limit", "60"]
 
 
 def _start(cwd: Path) -> subprocess.Popen[str]:
@@ -65,14 +65,14 @@ def _check_resume(tmp_path: Path, err: str, run_dir: Path) -> None:
     line = lines[0]
     assert line.startswith("interrupted: the finished work is kept in runs/rollout-"), line
     kept = sum(1 for _ in (run_dir / "trajectories.jsonl").open())
-    assert kept < 800, "the rollout finished before the interrupt: the test needs a longer run"
+    assert kept < 240, "the rollout finished before the interrupt: the test needs a longer run"
     command = shlex.split(line.split("resume with: ", 1)[1])
     assert command[1:] == [*ARGS, "--run-dir", str(run_dir.relative_to(tmp_path))]
     done = subprocess.run([ETAGENT, *command[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     records = [json.loads(x) for x in (run_dir / "trajectories.jsonl").read_text().splitlines()]
     keys = [(r["question_id"], r["sample_index"]) for r in records]
-    assert len(keys) == len(set(keys)) == 800
+    assert len(keys) == len(set(keys)) == 240
 
 
 def test_ctrl_c_prints_the_resume_command_and_exits_130(tmp_path: Path) -> None:
