@@ -53,7 +53,7 @@ from etagent.tools.base import Tool
 from etagent.train.compat import checkpointing_arg
 from etagent.train.progress import UpdateProgress, send_metric_dicts_to_log
 from etagent.train.save import save_trainer_model
-from etagent.train.sft import is_model_dir
+from etagent.train.sft import is_model_dir, newest_complete_checkpoint
 
 log = logging.getLogger("etagent.rl")
 
@@ -137,6 +137,13 @@ class RolloutFunc:
         # each process draws its own ARPO branches and samples (process 0: the one-process seed)
         seed = self.cfg.seed * 1_000_003 + step + 7_919 * trainer.accelerator.process_index
         engine = self.rollout.loop.generator
+        from etagent.backends.hf import HFGenerator
+
+        if isinstance(engine, HFGenerator):  # rollout.engine policy: the trained model itself
+            # the weights changed since the last rollout step: prompt prefixes cached with the old
+            # ones are stale (the engine's own check misses the trainer's updates, whose parameter
+            # version counters stay put), and a run resumed here starts with no cache either
+            engine.clear_prefix_cache()
         if hasattr(engine, "rollout_begin"):  # vllm_colocate: awake for the whole rollout
             engine.rollout_begin(f"step{trainer.state.global_step}")
         progress = Progress("rollout", total=len(prompts), detail=f"step {step}")
@@ -535,13 +542,8 @@ def _refuse_sharded_policy(trainer: Any) -> None:
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    folder = run_dir / CHECKPOINTS
-    if not folder.is_dir():
-        return None
-    found = get_last_checkpoint(str(folder))
-    return Path(found) if found else None
+    """The newest whole checkpoint (one cut short by a kill is skipped)."""
+    return newest_complete_checkpoint(run_dir / CHECKPOINTS)
 
 
 def checkpoint_step(path: Path) -> int:

@@ -289,13 +289,28 @@ def build_trainer(
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    return newest_complete_checkpoint(run_dir / CHECKPOINTS)
 
-    ckpt_dir = run_dir / CHECKPOINTS
-    if not ckpt_dir.is_dir():
+
+def newest_complete_checkpoint(folder: Path) -> Path | None:
+    """The newest ``checkpoint-N`` in ``folder`` that is whole: its ``trainer_state.json``, which the
+    trainer writes last, reads back. A run killed while writing a checkpoint leaves one without it;
+    the resume takes the one before, which is still there (the trainer removes older checkpoints
+    only once the new one is written) and the resumed run writes the cut one again."""
+    if not folder.is_dir():
         return None
-    last = get_last_checkpoint(str(ckpt_dir))
-    return Path(last) if last else None
+    found: list[tuple[int, Path]] = []
+    for path in folder.glob("checkpoint-*"):
+        step = path.name.removeprefix("checkpoint-")
+        if not (step.isdigit() and path.is_dir()):
+            continue
+        try:
+            json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            log.warning("ignoring %s: incomplete (the run was stopped while writing it)", path)
+            continue
+        found.append((int(step), path))
+    return max(found)[1] if found else None
 
 
 def is_model_dir(path: Path) -> bool:
