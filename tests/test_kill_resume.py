@@ -167,6 +167,32 @@ def _records(path: Path, kind: type) -> dict[tuple[str, int], Any]:
     return {k: _content(r.model_dump(mode="json")) for k, r in zip(keys, rows, strict=True)}
 
 
+def _run_and_kill(args: list[str], run_dir: Path, ready: Callable[[], bool]) -> tuple[bool, str]:
+    """Run ``etagent ARGS --run-dir RUN_DIR`` and SIGKILL it once ``ready()``; returns whether it
+    was still running then and the end of its stderr (a kill is checked to be a SIGKILL exit)."""
+    stderr = run_dir.parent / f"{run_dir.name}.stderr"
+    with stderr.open("wb") as err:  # a file, not a pipe: progress bars would fill a pipe and block
+        victim = subprocess.Popen(
+            [sys.executable, "-m", "etagent.cli", *args, "--run-dir", str(run_dir)],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            cwd=REPO,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        try:
+            while not ready() and victim.poll() is None:
+                time.sleep(0.001)
+            running = victim.poll() is None
+            victim.send_signal(signal.SIGKILL)
+            victim.wait(timeout=60)
+        finally:
+            if victim.poll() is None:
+                victim.kill()
+    tail = stderr.read_text(errors="replace")[-3000:]
+    assert not running or victim.returncode == -signal.SIGKILL, tail
+    return running, tail
+
+
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_a_stage_killed_at_a_random_point_resumes_to_the_uninterrupted_result(stage, tmp_path):
     st = STAGES[stage]
@@ -174,24 +200,9 @@ def test_a_stage_killed_at_a_random_point_resumes_to_the_uninterrupted_result(st
     # after a whole number of questions is written: at least one, at most half
     kill_after = st.per_question * random.Random(seed).randint(1, QUESTIONS // 2)
     killed_dir, straight_dir = tmp_path / "killed", tmp_path / "straight"
-    victim = subprocess.Popen(
-        [sys.executable, "-m", "etagent.cli", *st.args, "--run-dir", str(killed_dir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        cwd=REPO,
-    )
     out = killed_dir / st.output
-    try:
-        while _lines(out) < kill_after and victim.poll() is None:
-            time.sleep(0.001)
-        running = victim.poll() is None
-        victim.send_signal(signal.SIGKILL)
-        _, err = victim.communicate(timeout=60)
-    finally:
-        if victim.poll() is None:
-            victim.kill()
-    assert running, f"{stage} ended before the kill point (ETAGENT_KILL_SEED={seed}): {err.decode()[-2000:]}"
-    assert victim.returncode == -signal.SIGKILL
+    running, err = _run_and_kill(st.args, killed_dir, lambda: _lines(out) >= kill_after)
+    assert running, f"{stage} ended before the kill point (ETAGENT_KILL_SEED={seed}): {err}"
     written = _lines(out)
     assert kill_after <= written < st.per_question * QUESTIONS, (seed, written)
 
@@ -269,27 +280,8 @@ def _kill_training(args: list[str], run_dir: Path, steps: int, seed: int) -> str
         def ready() -> bool:
             return (checkpoints / f"checkpoint-{k + 1}").exists()
 
-    stderr = run_dir.parent / f"{run_dir.name}.stderr"
-    with stderr.open("wb") as err:  # a file, not a pipe: progress bars would fill a pipe and block
-        victim = subprocess.Popen(
-            [sys.executable, "-m", "etagent.cli", *args, "--run-dir", str(run_dir)],
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            cwd=REPO,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-        )
-        try:
-            while not ready() and victim.poll() is None:
-                time.sleep(0.001)
-            running = victim.poll() is None
-            victim.send_signal(signal.SIGKILL)
-            victim.wait(timeout=60)
-        finally:
-            if victim.poll() is None:
-                victim.kill()
-    tail = stderr.read_text(errors="replace")[-3000:]
+    running, tail = _run_and_kill(args, run_dir, ready)
     assert running, f"{args[0]} ended before the kill {where} (ETAGENT_KILL_SEED={seed}): {tail}"
-    assert victim.returncode == -signal.SIGKILL
     assert not (run_dir / "model").exists(), where
     return f"killed {where} (ETAGENT_KILL_SEED={seed})"
 
@@ -420,36 +412,9 @@ def test_the_pipeline_killed_in_a_later_stage_resumes_to_the_uninterrupted_resul
     config = tmp_path / "pipeline.yaml"
     config.write_text(dump_config(PipelineConfig.model_validate(PIPELINE)))
     killed_dir, straight_dir = tmp_path / "killed", tmp_path / "straight"
-    with (tmp_path / "killed.stderr").open("wb") as err:
-        victim = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "etagent.cli",
-                "pipeline",
-                "-c",
-                str(config),
-                "--run-dir",
-                str(killed_dir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            cwd=REPO,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-        )
-        try:
-            while not ready(killed_dir) and victim.poll() is None:
-                time.sleep(0.001)
-            running = victim.poll() is None
-            victim.send_signal(signal.SIGKILL)
-            victim.wait(timeout=60)
-        finally:
-            if victim.poll() is None:
-                victim.kill()
+    running, tail = _run_and_kill(["pipeline", "-c", str(config)], killed_dir, lambda: ready(killed_dir))
     what = f"killed {where} (ETAGENT_KILL_SEED={seed})"
-    tail = (tmp_path / "killed.stderr").read_text(errors="replace")[-3000:]
     assert running, f"the pipeline ended before it was {what}: {tail}"
-    assert victim.returncode == -signal.SIGKILL
     assert not (killed_dir / "07-eval" / "rl" / "stage.json").exists(), what
 
     cfg = load_config(PipelineConfig, killed_dir / "config.yaml")
