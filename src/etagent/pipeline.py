@@ -1,9 +1,12 @@
 """``etagent pipeline``: the whole method in one run directory, resumable stage by stage.
 
-    cold-start data -> cold-start SFT      (only for a policy that cannot follow the tool format)
-    flywheel -> SFT                         (docs/method.md 3-4: the fine-tuned policy pi_0)
+    warm-up, one of (``warmup``):
+      sft:  cold-start data -> cold-start SFT   (only for a policy that cannot follow the tool format)
+            flywheel -> SFT                      (docs/method.md 3-4: the fine-tuned policy pi_0)
+      e3:   the E3-TIR warm-up                   (docs/e3tir.md: RL on mixed expert / own experience)
+      none: nothing (zero-RL)
     K x (Pareto sampling -> RL)             (docs/method.md 5-6: each stage samples with the latest policy)
-    eval of base / fine-tuned / RL models -> one report comparing them
+    eval of base / warmed-up / RL models -> one report comparing them
 
 Each stage runs in its own sub-directory and, once finished, leaves ``stage.json`` (its summary)
 there; a resumed pipeline skips finished stages and re-enters the unfinished one, whose own
@@ -18,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -30,8 +33,10 @@ from etagent.io import atomic_write_json, atomic_write_jsonl, iter_jsonl
 from etagent.pareto.selection import stage_file
 from etagent.pareto.stage import STAGES_DIR, ParetoStageConfig, run_pareto
 from etagent.report.build import write_report
+from etagent.report.loader import PIPELINE_WARMUP_RL as E3_WARMUP
 from etagent.report.loader import pipeline_stage_dirs
 from etagent.rl.config import RLConfig
+from etagent.rl.e3.config import E3Config
 from etagent.rl.trl_engine import run_rl
 from etagent.tasks import load_questions
 from etagent.tools.search.config import SummariserConfig
@@ -47,8 +52,32 @@ def _cold_start_default() -> FlywheelConfig:
     return FlywheelConfig(data="toolworld:train", limit=120, cold_start={"enabled": True})
 
 
+def _e3_warmup_default() -> RLConfig:
+    return RLConfig(
+        data="toolworld:train",
+        warmup=E3Config(),
+        num_generations=8,
+        arpo={"n": 8, "initial_rollouts": 4},
+        questions_per_step=2,
+        micro_batch_size=4,
+        max_steps=20,
+        learning_rate=1e-5,
+        keep_checkpoints=False,
+    )
+
+
 class PipelineConfig(ConfigModel):
     base_model: str = Field("embedded", description="the model every stage starts from")
+    warmup: Literal["sft", "e3", "none"] = Field(
+        "sft",
+        description="what makes the policy that RL starts from: sft = cold start (cold_start) + flywheel + "
+        "SFT (the ET-Agent paper); e3 = the E3-TIR warm-up, RL on expert prefixes, expert-guided and "
+        "self-explored trajectories (e3_warmup, docs/e3tir.md); none = RL from the base model (zero-RL)",
+    )
+    e3_warmup: RLConfig = Field(
+        default_factory=_e3_warmup_default,
+        description="warmup e3: the warm-up's RL config (its warmup section: method e3); the model is the base model",
+    )
     cold_start: bool = Field(
         True,
         description="fine-tune on expert-written trajectories before the flywheel (for a policy that "
@@ -75,9 +104,22 @@ class PipelineConfig(ConfigModel):
     )
 
     @model_validator(mode="after")
+    def _e3_section(self) -> PipelineConfig:
+        if self.warmup == "e3" and self.e3_warmup.warmup is None:
+            raise ValueError("warmup e3: e3_warmup.warmup must be set (method: e3 and its settings)")
+        return self
+
+    @model_validator(mode="after")
     def _one_summariser(self) -> PipelineConfig:
         if self.search_summariser is not None:
-            for agent in (self.flywheel.agent, self.pareto.rollout.agent, self.rl.agent, self.eval.agent):
+            agents = (
+                self.flywheel.agent,
+                self.e3_warmup.agent,
+                self.pareto.rollout.agent,
+                self.rl.agent,
+                self.eval.agent,
+            )
+            for agent in agents:
                 agent.tools = agent.tools.with_section("search", summariser=self.search_summariser)
         return self
 
@@ -112,9 +154,62 @@ class Pipeline:
 
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
-        policy = cfg.base_model
-        sft_data: list[Path] = []
+        models = {"base": cfg.base_model} if cfg.eval_base else {}
+        if cfg.warmup == "sft":
+            policy = models["sft"] = self.supervised_warmup(cfg.base_model)
+        elif cfg.warmup == "e3":
+            warm = cfg.e3_warmup.model_copy(update={"agent": cfg.e3_warmup.agent.with_model(cfg.base_model)})
+            self.stage(E3_WARMUP, lambda d: run_rl(warm, d))
+            policy = models["e3"] = str(self.run_dir / E3_WARMUP / "model")
+        else:
+            policy = cfg.base_model
+        start = policy
 
+        earlier_stages: list[str] = []
+        for k in range(1, cfg.curriculum_stages + 1):
+            rollout = cfg.pareto.rollout.model_copy(
+                update={"agent": cfg.pareto.rollout.agent.with_model(policy)}
+            )
+            pareto = cfg.pareto.model_copy(
+                update={"rollout": rollout, "exclude": cfg.pareto.exclude + earlier_stages}
+            )
+            pareto_dir = self.run_dir / f"05-pareto-{k}"
+            self.stage(pareto_dir.name, lambda d, p=pareto: run_pareto(p, d))
+            stage_questions = stage_file(pareto_dir / STAGES_DIR, 1)
+            earlier_stages.append(str(stage_questions))
+            if not load_questions(str(stage_questions)):
+                log.warning("pipeline: Pareto stage %d selected no question; RL stage %d skipped", k, k)
+                continue
+            # the stage file holds questions of the task the Pareto stage sampled
+            rl = cfg.rl.model_copy(
+                update={
+                    "agent": cfg.rl.agent.with_model(policy),
+                    "data": str(stage_questions),
+                    "task": rollout.data_ref().task_spec,
+                }
+            )
+            self.stage(f"06-rl-{k}", lambda d, r=rl: run_rl(r, d))
+            policy = str(self.run_dir / f"06-rl-{k}" / "model")
+
+        if policy != start:
+            models["rl"] = policy
+        eval_dirs = []
+        for label, model in models.items():
+            ev = cfg.eval.model_copy(update={"agent": cfg.eval.agent.with_model(model)})
+            eval_dir = self.run_dir / "07-eval" / label  # the directory name labels the run in the report
+            self.stage(f"07-eval/{label}", lambda d, e=ev: run_eval(e, d))
+            eval_dirs.append(eval_dir)
+        # the comparison of the eval runs, with the RL curves and Pareto selections of this run's stages
+        _, rl_dirs, pareto_dirs = pipeline_stage_dirs(self.run_dir)
+        html, md = write_report([*eval_dirs, *rl_dirs, *pareto_dirs], self.run_dir / REPORT, cfg.eval.report)
+        self.summaries["report"] = {"html": str(html), "markdown": str(md)}
+        atomic_write_json(self.run_dir / "pipeline.json", self.summaries)
+        return self.summaries
+
+    def supervised_warmup(self, policy: str) -> str:
+        """Cold start (when configured), flywheel and SFT from ``policy``; the fine-tuned model."""
+        cfg = self.cfg
+        sft_data: list[Path] = []
         if cfg.cold_start:
             cold = cfg.cold_start_data.model_copy(deep=True)
             cold.cold_start.enabled = True
@@ -139,47 +234,7 @@ class Pipeline:
             return run_sft(cfg.sft.model_copy(update={"model": policy, "data": str(merged)}), d)
 
         self.stage("04-sft", sft_body)
-        policy = sft_model = str(self.run_dir / "04-sft" / cfg.sft.output)
-
-        earlier_stages: list[str] = []
-        for k in range(1, cfg.curriculum_stages + 1):
-            rollout = cfg.pareto.rollout.model_copy(update={"agent": cfg.pareto.rollout.agent.with_model(policy)})
-            pareto = cfg.pareto.model_copy(update={"rollout": rollout, "exclude": cfg.pareto.exclude + earlier_stages})
-            pareto_dir = self.run_dir / f"05-pareto-{k}"
-            self.stage(pareto_dir.name, lambda d, p=pareto: run_pareto(p, d))
-            stage_questions = stage_file(pareto_dir / STAGES_DIR, 1)
-            earlier_stages.append(str(stage_questions))
-            if not load_questions(str(stage_questions)):
-                log.warning("pipeline: Pareto stage %d selected no question; RL stage %d skipped", k, k)
-                continue
-            # the stage file holds questions of the task the Pareto stage sampled
-            rl = cfg.rl.model_copy(
-                update={
-                    "agent": cfg.rl.agent.with_model(policy),
-                    "data": str(stage_questions),
-                    "task": rollout.data_ref().task_spec,
-                }
-            )
-            self.stage(f"06-rl-{k}", lambda d, r=rl: run_rl(r, d))
-            policy = str(self.run_dir / f"06-rl-{k}" / "model")
-
-        models = {"sft": sft_model}
-        if policy != sft_model:
-            models["rl"] = policy
-        if cfg.eval_base:
-            models = {"base": cfg.base_model, **models}
-        eval_dirs = []
-        for label, model in models.items():
-            ev = cfg.eval.model_copy(update={"agent": cfg.eval.agent.with_model(model)})
-            eval_dir = self.run_dir / "07-eval" / label  # the directory name labels the run in the report
-            self.stage(f"07-eval/{label}", lambda d, e=ev: run_eval(e, d))
-            eval_dirs.append(eval_dir)
-        # the comparison of the eval runs, with the RL curves and Pareto selections of this run's stages
-        _, rl_dirs, pareto_dirs = pipeline_stage_dirs(self.run_dir)
-        html, md = write_report([*eval_dirs, *rl_dirs, *pareto_dirs], self.run_dir / REPORT, cfg.eval.report)
-        self.summaries["report"] = {"html": str(html), "markdown": str(md)}
-        atomic_write_json(self.run_dir / "pipeline.json", self.summaries)
-        return self.summaries
+        return str(self.run_dir / "04-sft" / cfg.sft.output)
 
 
 def run_pipeline(

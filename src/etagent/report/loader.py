@@ -165,6 +165,7 @@ PIPELINE_FILE = "pipeline.json"
 PIPELINE_EVAL_DIR = "07-eval"
 PIPELINE_PARETO_GLOB = "05-pareto-*"
 PIPELINE_RL_GLOB = "06-rl-*"
+PIPELINE_WARMUP_RL = "02-e3-warmup"  # the E3-TIR warm-up is an RL run too
 
 
 @dataclass
@@ -356,7 +357,10 @@ def pipeline_stage_dirs(run_dir: Path) -> tuple[list[Path], list[Path], list[Pat
     ]
     rl = [
         d
-        for d in sorted(run_dir.glob(PIPELINE_RL_GLOB), key=lambda p: natural_key(p.name))
+        for d in [
+            run_dir / PIPELINE_WARMUP_RL,
+            *sorted(run_dir.glob(PIPELINE_RL_GLOB), key=lambda p: natural_key(p.name)),
+        ]
         if (d / RL_TRAIN_LOG).is_file()
     ]
     return evals, rl, pareto

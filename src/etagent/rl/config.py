@@ -10,6 +10,7 @@ from etagent.agent import AgentConfig
 from etagent.config import ConfigModel
 from etagent.loop.agent_loop import BudgetConfig, SamplingConfig
 from etagent.loop.arpo import ArpoConfig
+from etagent.rl.e3.config import E3Config
 from etagent.rollout.stage import DATA_HELP, TASK_HELP
 from etagent.scoring.reward import RewardConfig
 from etagent.tasks import DataRef, resolve_data
@@ -32,7 +33,8 @@ class ImportanceSamplingConfig(ConfigModel):
     by the ratio trainer / sampler probability, truncated or masked outside [clip_min, clip_max]."""
 
     enabled: bool = Field(
-        True, description="apply it with the vllm engines (the policy engine samples with the trainer's weights)"
+        True,
+        description="apply it with the vllm engines (the policy engine samples with the trainer's weights)",
     )
     mode: Literal["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"] = Field(
         "token_truncate",
@@ -56,7 +58,9 @@ class ColocateConfig(ConfigModel):
         "(vLLM on CPU refuses sleep mode)",
     )
     max_model_len: int | None = Field(
-        None, ge=1, description="vLLM's context window; None = the model's; prompts that fill it end with 'context'"
+        None,
+        ge=1,
+        description="vLLM's context window; None = the model's; prompts that fill it end with 'context'",
     )
 
 
@@ -76,7 +80,7 @@ class RolloutEngineConfig(ConfigModel):
         description="vllm_server: how new weights reach the servers. disk: saved under sync_dir, then "
         "each server reloads them (POST /collective_rpc reload_weights; works on CPU and GPU, any number "
         "of servers; the servers run with VLLM_SERVER_DEV_MODE=1); nccl: TRL's NCCL broadcast to one "
-        "server started with --weight-transfer-config '{\"backend\": \"nccl\"}' (GPU only)",
+        'server started with --weight-transfer-config \'{"backend": "nccl"}\' (GPU only)',
     )
     sync_dir: str | None = Field(
         None,
@@ -122,10 +126,17 @@ class RLConfig(ConfigModel):
     )
     rollout: RolloutEngineConfig = Field(default_factory=RolloutEngineConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
+    warmup: E3Config | None = Field(
+        None,
+        description="the E3-TIR warm-up (method: e3): expert prefixes, expert-guided and self-explored "
+        "trajectories in each group with a mixed objective (docs/e3tir.md); None: plain GRPO",
+    )
     use_arpo: bool = Field(True, description="ARPO branching rollouts; False: independent samples")
     arpo: ArpoConfig = Field(default_factory=ArpoConfig)
     num_generations: int = Field(16, ge=2, description="trajectories per question (the GRPO group)")
-    questions_per_step: int = Field(2, ge=1, description="questions per step, all processes together (reference: 64)")
+    questions_per_step: int = Field(
+        2, ge=1, description="questions per step, all processes together (reference: 64)"
+    )
     mini_batches: int = Field(
         1,
         ge=1,
@@ -183,6 +194,10 @@ class RLConfig(ConfigModel):
             raise ValueError(
                 f"arpo.n ({self.arpo.n}) must equal num_generations ({self.num_generations}): "
                 "ARPO produces the GRPO group"
+            )
+        if self.warmup is not None and self.warmup.min_self > self.num_generations:
+            raise ValueError(
+                f"warmup.min_self ({self.warmup.min_self}) exceeds num_generations ({self.num_generations})"
             )
         sequences = self.questions_per_step * self.num_generations
         if sequences % (self.mini_batches * self.micro_batch_size):

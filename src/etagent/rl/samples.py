@@ -107,8 +107,14 @@ class PolicyRollout:
         self.n = n
         self.arpo = ArpoRollout(loop, arpo) if arpo is not None else None
 
-    def run(self, questions: Sequence[Question], seed: int) -> tuple[list[Trajectory], dict[str, Any]]:
-        """Trajectories grouped by question in input order (``n`` each) and rollout statistics."""
+    def close(self) -> None:
+        self.loop.close()  # and the tools it built
+
+    def run(
+        self, questions: Sequence[Question], seed: int, step: int = 1
+    ) -> tuple[list[Trajectory], dict[str, Any]]:
+        """Trajectories grouped by question in input order (``n`` each) and rollout statistics
+        (``step``, the rollout step, is for rollouts that change over training; this one does not)."""
         ids = [q.id for q in questions]
         if len(set(ids)) != len(ids):
             raise ValueError(f"questions of one rollout must be distinct, got ids {ids}")

@@ -46,6 +46,10 @@ from etagent.io import JsonlAppender, atomic_write_json, atomic_write_jsonl, ite
 from etagent.progress import LOG_INTERVAL_S, Progress, ProgressDisplay
 from etagent.records import Question, Trajectory
 from etagent.rl.config import RLConfig
+from etagent.rl.e3.boundary import KnowledgeBoundary
+from etagent.rl.e3.experts import ExpertBank
+from etagent.rl.e3.loss import mix_trainer_class, read_state
+from etagent.rl.e3.rollout import E3Rollout, e3_policy_sample
 from etagent.rl.samples import PolicyRollout, batch_rewards, reward_metrics, split_groups, to_policy_sample
 from etagent.rl.weight_sync import ServerWeightSync, install_server_engine, server_root
 from etagent.scoring.correctness import AnswerCheck
@@ -118,6 +122,10 @@ class RolloutFunc:
         self.rollout: PolicyRollout | None = None
         self.update: UpdateProgress | None = None  # with its TrainerCallback, made on first use
         self.progress_interval_s = LOG_INTERVAL_S
+        #: the E3 warm-up's expert mask of each row last returned (all 0 without a warm-up)
+        self.expert_masks: list[list[int]] = []
+        #: the E3 warm-up's state saved in the checkpoint a run resumes from
+        self.resume_state: dict[str, Any] | None = None
         self.__name__ = "etagent_rollout"
 
     def __call__(self, prompts: list[str], trainer: Any) -> dict[str, Any]:
@@ -129,6 +137,8 @@ class RolloutFunc:
         questions = [self.questions[group[0]] for group in groups]
         if self.rollout is None:
             self.rollout = self.make_rollout(trainer)
+            if self.resume_state is not None:
+                self.rollout.load_state_dict(self.resume_state)
         main = bool(trainer.accelerator.is_main_process)
         if self.update is None:
             self.update = UpdateProgress(enabled=main, interval_s=self.progress_interval_s, logger=log)
@@ -152,12 +162,17 @@ class RolloutFunc:
                 self.rollout.loop.reporting(progress),
                 ProgressDisplay(progress, enabled=main, logger=log, interval_s=self.progress_interval_s),
             ):
-                trajs, stats = self.rollout.run(questions, seed=seed)
+                trajs, stats = self.rollout.run(questions, seed=seed, step=step)
         finally:
             if hasattr(engine, "rollout_end"):
                 engine.rollout_end()
         self.update.begin(len(trajs), trainer.args.steps_per_generation)
-        samples = [to_policy_sample(t, self.eos_id) for t in trajs]
+        if isinstance(self.rollout, E3Rollout):
+            pairs = [e3_policy_sample(t, self.eos_id) for t in trajs]
+            samples, self.expert_masks = [s for s, _ in pairs], [m for _, m in pairs]
+        else:
+            samples = [to_policy_sample(t, self.eos_id) for t in trajs]
+            self.expert_masks = [[0] * len(s.completion_ids) for s in samples]
         return {
             "prompt_ids": [s.prompt_ids for s in samples],
             "completion_ids": [s.completion_ids for s in samples],
@@ -208,6 +223,9 @@ def make_reward_func(
         for key in ("rounds", "fresh_rollouts", "reserves_dropped"):  # ARPO only
             if key in stats:
                 log_metric(f"rollout_{key}", float(stats[key]))
+        for key, value in stats.items():  # the E3 warm-up's group mix and knowledge boundary
+            if key.startswith("e3_"):
+                log_metric(f"e3/{key[3:]}", float(value))
         if "mean_entropy" in stats:
             log_metric("branch_entropy", float(stats["mean_entropy"]))
             log_metric("sampled_entropy_estimate", float(stats["entropy_method"] != "top_k"))
@@ -432,6 +450,7 @@ def _load_policy(cfg: RLConfig) -> tuple[Any, Any, bool]:
     from transformers import AutoModelForCausalLM
 
     from etagent.backends.model_store import load_tokenizer, resolve_model
+
     torch.set_num_threads(cfg.threads or runtime.available_cores())
     cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -504,12 +523,21 @@ def build_trainer(
         sync = getattr(trainer, "vllm_generation", None)
         if isinstance(sync, ServerWeightSync):
             sync.generator = loop.generator  # trajectories record the weight version they came from
-        return PolicyRollout(loop, cfg.num_generations, cfg.arpo if cfg.use_arpo else None)
+        arpo = cfg.arpo if cfg.use_arpo else None
+        if cfg.warmup is None:
+            return PolicyRollout(loop, cfg.num_generations, arpo)
+        check = data.task.check_answer
+        experts = ExpertBank(cfg.warmup.expert, data.task, agent, run_dir, cfg.reward.qa_metric, check)
+        boundary = KnowledgeBoundary(cfg.warmup, cfg.num_generations, cfg.max_steps)
+        return E3Rollout(
+            loop, cfg.num_generations, arpo, cfg.warmup, experts, boundary, cfg.reward.qa_metric, check
+        )
 
     rollout_func = RolloutFunc(cfg, by_id, make_rollout, eos_id=tokenizer.eos_token_id)
     tool_tags = tuple(tools) if tools is not None else cfg.agent.tools.tags
     writer = JsonlLog(run_dir / TRAIN_LOG, cfg)
-    trainer = GRPOTrainer(
+    trainer_class = GRPOTrainer if cfg.warmup is None else mix_trainer_class()
+    trainer = trainer_class(
         model=model,
         reward_funcs=[make_reward_func(cfg, tool_tags, data.task.check_answer)],
         args=grpo_args(cfg, run_dir, use_cpu=not cuda, bf16=cuda),
@@ -519,6 +547,8 @@ def build_trainer(
         callbacks=[_jsonl_callback(writer)],
     )
     send_metric_dicts_to_log(trainer)  # TRL's ~40-key dict per step goes to log.txt, not the console
+    if cfg.warmup is not None:
+        trainer.off_policy = cfg.warmup.off_policy
     if cfg.rollout.engine == "policy":
         _refuse_sharded_policy(trainer)
     elif cfg.rollout.engine == "vllm_server":
@@ -572,13 +602,15 @@ def run_rl(
     trainer.accelerator.wait_for_everyone()
     if resume:
         log.info("rl: resuming from %s", resume)
+        if cfg.warmup is not None:
+            trainer.rollout_func.resume_state = read_state(resume)
     t0 = time.perf_counter()
     try:
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     finally:
         writer.close()
         if trainer.rollout_func.rollout is not None:
-            trainer.rollout_func.rollout.loop.close()  # and the tools it built
+            trainer.rollout_func.rollout.close()  # its agent loop, the tools it built, an expert's
     elapsed = time.perf_counter() - t0
 
     model_dir = run_dir / MODEL_DIR
@@ -595,6 +627,14 @@ def run_rl(
         "train_log": str(run_dir / TRAIN_LOG),
         "last": records[-1] if records else None,
     }
+    rollout = trainer.rollout_func.rollout
+    if isinstance(rollout, E3Rollout):  # the warm-up's expert data (docs/e3tir.md 5, ROI)
+        summary["e3"] = {
+            "experts_used": len(rollout.experts_used),
+            "expert_tokens": rollout.expert_tokens,
+            "expert_trajectories_sampled": rollout.experts.generated,
+            **rollout.experts.stats(),
+        }
     if main:
         atomic_write_json(run_dir / SUMMARY, summary)
         if not cfg.keep_checkpoints:
