@@ -131,6 +131,7 @@ def test_every_shipped_config_loads_into_its_stage_config(path):
     from etagent.eval.stage import EvalConfig
     from etagent.flywheel.stage import FlywheelConfig
     from etagent.pareto.stage import ParetoStageConfig
+    from etagent.pipeline import PipelineConfig
     from etagent.rl.config import RLConfig
     from etagent.rollout.stage import RolloutConfig
     from etagent.train.sft import SFTConfig
@@ -139,6 +140,7 @@ def test_every_shipped_config_loads_into_its_stage_config(path):
         "eval": EvalConfig,
         "flywheel": FlywheelConfig,
         "pareto": ParetoStageConfig,
+        "pipeline": PipelineConfig,
         "rl": RLConfig,
         "rollout": RolloutConfig,
         "sft": SFTConfig,

@@ -93,3 +93,39 @@ def test_pipeline_runs_every_stage_and_resumes_after_a_kill(tmp_path, monkeypatc
     for stage in ("01-cold-start-data", "04-sft", "06-rl-1", "07-eval/rl", "total"):
         assert stage in times, stage
     assert f"run directory: {tmp_path} (" in out.replace("\n", "") and " on disk)" in out
+
+
+def test_pipeline_with_the_e3_warmup_instead_of_sft(tmp_path):
+    """warmup: e3 replaces cold start, flywheel and SFT by the E3-TIR warm-up (RL on mixed expert
+    and own experience, from the base model); its model is evaluated as "e3" and its curves reach the report."""
+    cfg = PipelineConfig.model_validate(
+        {
+            "base_model": "tiny",
+            "warmup": "e3",
+            "e3_warmup": {
+                "data": "toolworld:train",
+                "limit": 2,
+                "warmup": {"method": "e3", "max_expert_share": 1.0, "min_self": 1},
+                "use_arpo": False,
+                "num_generations": 2,
+                "arpo": {"n": 2, "initial_rollouts": 1},
+                "questions_per_step": 2,
+                "micro_batch_size": 2,
+                "max_steps": 1,
+                "threads": 1,
+                "agent": {"budget": {"max_tool_calls": 3, "max_new_tokens_per_call": 200, "max_response_tokens": 800}},
+            },
+            "curriculum_stages": 0,
+            "eval": {"datasets": [{"data": "toolworld:dev", "limit": 1}], "agent": {"budget": SMALL_BUDGET}},
+        }
+    )
+    run_pipeline(cfg, tmp_path)
+    assert not (tmp_path / "04-sft").exists() and not (tmp_path / "01-cold-start-data").exists()
+    summary = json.loads((tmp_path / "02-e3-warmup" / STAGE_DONE).read_text())
+    assert summary["e3"]["experts_used"] > 0
+    assert (tmp_path / "02-e3-warmup" / "model" / "config.json").exists()
+    assert {p.name for p in (tmp_path / "07-eval").iterdir()} == {"base", "e3"}
+    html = (tmp_path / "report.html").read_text()
+    assert "02-e3-warmup" in html
+    with pytest.raises(ValueError, match="e3_warmup.warmup must be set"):
+        PipelineConfig.model_validate({"warmup": "e3", "e3_warmup": {"warmup": None}})

@@ -321,3 +321,53 @@ logging: {report_to: none}
     assert len(cached) == 2 and any(c["trajectories"] for c in cached)
     summary = json.loads((run_dir / "rl_summary.json").read_text())
     assert summary["e3"]["expert_trajectories_sampled"] == 4  # 2 questions x expert.samples 2
+
+
+def test_experts_from_a_flywheel_buffer_are_its_entries_judged_correct(tokenizer, tmp_path):
+    from etagent.flywheel.buffer import BufferRecord, FlywheelEntry
+
+    loop = AgentLoop(CyclingScripts(tokenizer, [EXPERT, WRONG]), {"search": EchoTool("search")})
+    right, wrong = loop.run(_questions()[:1], n=2)
+
+    def entry(i, traj, verdict):
+        return FlywheelEntry(
+            id=f"q0#{i}",
+            operator="initial",
+            round=0,
+            verdict=verdict,
+            correctness=float(verdict),
+            metric="f1",
+            prediction=traj.prediction,
+            tool_calls=len(traj.tool_calls),
+            format_ok=True,
+            trajectory=traj,
+        )
+
+    record = BufferRecord(
+        question_id="q0", question=right.question, entries=[entry(0, right, True), entry(1, wrong, False)]
+    )
+    path = tmp_path / "buffers.jsonl"
+    atomic_write_jsonl(path, [record])
+    assert [t.response_text for t in read_expert_file(path)["q0"]] == [right.response_text]
+
+
+def test_experts_from_an_agent_source(tmp_path):
+    """source: agent builds the expert's own agent (here the tool world's oracle as a backend kind)."""
+    from etagent.tasks import resolve_data
+
+    data = resolve_data("toolworld:train")
+    agent_cfg = {
+        "backend": {"kind": "expert", "model": "tiny"},
+        "tools": {"enabled": ["search", "python"]},
+        "budget": {"max_response_tokens": 1200},
+    }
+    cfg = ExpertSourceConfig.model_validate({"source": "agent", "agent": agent_cfg, "samples": 1})
+    bank = ExpertBank(cfg, data.task, None, tmp_path, check=data.task.check_answer)  # type: ignore[arg-type]
+    questions = data.questions(2)
+    try:
+        found = bank.get(questions)
+    finally:
+        bank.close()
+    assert bank.generated == 2 and all(len(found[q.id]) == 1 for q in questions)
+    with pytest.raises(ValueError, match=r"needs expert\.agent"):
+        ExpertSourceConfig(source="agent")

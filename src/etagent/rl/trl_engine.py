@@ -48,7 +48,6 @@ from etagent.records import Question, Trajectory
 from etagent.rl.config import RLConfig
 from etagent.rl.e3.boundary import KnowledgeBoundary
 from etagent.rl.e3.experts import ExpertBank
-from etagent.rl.e3.loss import mix_trainer_class, read_state
 from etagent.rl.e3.rollout import E3Rollout, e3_policy_sample
 from etagent.rl.samples import PolicyRollout, batch_rewards, reward_metrics, split_groups, to_policy_sample
 from etagent.rl.weight_sync import ServerWeightSync, install_server_engine, server_root
@@ -536,6 +535,8 @@ def build_trainer(
     rollout_func = RolloutFunc(cfg, by_id, make_rollout, eos_id=tokenizer.eos_token_id)
     tool_tags = tuple(tools) if tools is not None else cfg.agent.tools.tags
     writer = JsonlLog(run_dir / TRAIN_LOG, cfg)
+    from etagent.rl.e3.loss import mix_trainer_class  # torch: imported when a trainer is built
+
     trainer_class = GRPOTrainer if cfg.warmup is None else mix_trainer_class()
     trainer = trainer_class(
         model=model,
@@ -603,6 +604,8 @@ def run_rl(
     if resume:
         log.info("rl: resuming from %s", resume)
         if cfg.warmup is not None:
+            from etagent.rl.e3.loss import read_state
+
             trainer.rollout_func.resume_state = read_state(resume)
     t0 = time.perf_counter()
     try:
