@@ -127,5 +127,5 @@ def test_pipeline_with_the_e3_warmup_instead_of_sft(tmp_path):
     assert {p.name for p in (tmp_path / "07-eval").iterdir()} == {"base", "e3"}
     html = (tmp_path / "report.html").read_text()
     assert "02-e3-warmup" in html
-    with pytest.raises(ValueError, match="e3_warmup.warmup must be set"):
+    with pytest.raises(ValueError, match=r"e3_warmup\.warmup must be set"):
         PipelineConfig.model_validate({"warmup": "e3", "e3_warmup": {"warmup": None}})
