@@ -130,6 +130,11 @@ def test_expert_tokens_get_the_shaped_off_policy_gradient_and_are_never_clipped(
     plain_ratio = (plain_logps.grad[0, 2] / plain_logps.grad[0, 1]).item()
     assert plain_ratio == pytest.approx((p[2] / p[1]).item(), rel=1e-5)
     assert shaped_ratio > 3 * plain_ratio
+    # log: advantage-weighted likelihood, the same pull on every expert token (-A per token)
+    log_logps = logps.detach().clone().requires_grad_(True)
+    logged, _ = mixed_token_loss(log_logps, old, advantages, expert, 0.2, OffPolicyConfig(shaping="log"))
+    logged.sum().backward()
+    assert log_logps.grad[0, 1:].tolist() == pytest.approx([-1.5, -1.5])
 
 
 def test_on_policy_tokens_keep_ppo_clipping():

@@ -52,13 +52,15 @@ class ExpertSourceConfig(ConfigModel):
 class OffPolicyConfig(ConfigModel):
     """The objective of expert-guided tokens, whose behaviour policy (the expert) gives no log-probs."""
 
-    shaping: Literal["policy_shaping", "plain"] = Field(
+    shaping: Literal["policy_shaping", "plain", "log"] = Field(
         "policy_shaping",
         description="policy_shaping: loss -A * f(p), f(p) = p / (p + gamma), p the policy's own token "
         "probability: the weight on grad log p is gamma p / (p + gamma)^2, which keeps the rare tokens "
         "of the expert (small p) from being ignored and the common ones from dominating; plain: -A * p "
-        "(importance weight p / 1: the expert taken as deterministic). Never clipped: with no behaviour "
-        "log-probs a ratio has nothing to be clipped against",
+        "(importance weight p / 1: the expert taken as deterministic); log: -A log p (advantage-weighted "
+        "likelihood, SFT's pull on every expert token whatever its probability: for a policy that "
+        "cannot yet write the expert's format, where p is tiny and both others vanish). Never clipped: "
+        "with no behaviour log-probs a ratio has nothing to be clipped against",
     )
     gamma: float = Field(0.1, gt=0, description="policy shaping's regulariser gamma")
     weight: float = Field(

@@ -7,8 +7,8 @@ Per completion token t of row b (all tensors (B, T); advantages (B, 1), one per 
   clipped surrogate, ``-min(r A, clip(r, 1 - eps, 1 + eps) A)`` with ``r = p / p_old``;
 - expert tokens (an expert-guided trajectory's model tokens): the behaviour policy (the expert)
   has no log-probs, so there is no ratio to clip; the loss is ``-w A f(p)`` with ``p`` the
-  policy's own probability of the expert's token and ``f(p) = p / (p + gamma)`` (policy shaping) or
-  ``f(p) = p`` (plain), whose gradient is ``-w A f'(p) p grad log p``;
+  policy's own probability of the expert's token and ``f(p) = p / (p + gamma)`` (policy shaping),
+  ``f(p) = p`` (plain) or ``f(p) = log p`` (log), whose gradient is ``-w A f'(p) p grad log p``;
 - an expert prefix the policy continued is out of the loss altogether (its tokens have loss mask
   0, like tool results), so one prefix shared by several continuations gets no conflicting
   gradients from their different advantages.
@@ -40,7 +40,9 @@ def read_state(checkpoint: Path) -> dict[str, Any] | None:
 
 
 def shaped_probability(logps: torch.Tensor, cfg: OffPolicyConfig) -> torch.Tensor:
-    """f(p) of each token, from its log-probability: p / (p + gamma), or p."""
+    """f(p) of each token, from its log-probability: p / (p + gamma), p, or log p."""
+    if cfg.shaping == "log":
+        return logps
     p = logps.exp()
     return p / (p + cfg.gamma) if cfg.shaping == "policy_shaping" else p
 
