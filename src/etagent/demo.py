@@ -20,10 +20,13 @@ from etagent.pareto.selection import ParetoConfig
 from etagent.pareto.stage import ParetoStageConfig
 from etagent.pipeline import PipelineConfig
 from etagent.rl.config import RLConfig
+from etagent.rl.e3.config import E3Config
 from etagent.rollout.stage import RolloutConfig
 from etagent.train.sft import SFTConfig
 
 # a tool-world search result is ~250 tokens; two calls and the reasoning fit in 1,024
+#: the tool world's expert as the demo's warm-ups see it: some redundant and some missing calls
+_COLD_START_EXPERT = {"redundant_rate": 0.2, "missing_rate": 0.1}
 _BUDGET = BudgetConfig(max_tool_calls=4, max_new_tokens_per_call=160, max_response_tokens=1024)
 
 
@@ -31,7 +34,7 @@ def _cold_start() -> FlywheelConfig:
     return FlywheelConfig(
         data="toolworld:train",
         limit=160,
-        cold_start=ColdStartConfig(enabled=True, samples=2, expert={"redundant_rate": 0.2, "missing_rate": 0.1}),
+        cold_start=ColdStartConfig(enabled=True, samples=2, expert=_COLD_START_EXPERT),
     )
 
 
@@ -74,6 +77,31 @@ def _rl() -> RLConfig:
     )
 
 
+def _e3_warmup() -> RLConfig:
+    """warmup e3 (the E3-TIR warm-up instead of cold start + flywheel + SFT), with the RL stage's agent.
+
+    max_steps 4 gives it about the compute of the supervised warm-up it replaces (etagent.eval.roi:
+    generated + 3 x trained tokens). Measured on a demo run: cold-start SFT + SFT trained ~20k
+    non-tool tokens and the flywheel generated ~6.5k, ~67k in all; an RL step trains ~390 tokens
+    per trajectory (prompt + model tokens) and generates ~120, so a step of 2 x 8 trajectories costs
+    ~20k and 4 steps ~80k. Its 8 questions match the flywheel's 8. On the 2-core CPU a step of 16
+    trajectories takes several minutes (the demo's RL step of 4: ~90 s)."""
+    return RLConfig(
+        data="toolworld:train",
+        # the cold start's expert, redundant and missing calls included: both warm-ups learn from the same one
+        warmup=E3Config(expert={"oracle": _COLD_START_EXPERT}),
+        num_generations=8,
+        arpo={"n": 8, "initial_rollouts": 4, "reserve_rollouts": 1},
+        questions_per_step=2,
+        micro_batch_size=4,
+        max_steps=4,
+        learning_rate=1e-5,
+        agent=AgentConfig(budget=_BUDGET.model_copy(update={"on_budget": "stop"})),
+        save_steps=2,
+        keep_checkpoints=False,
+    )
+
+
 def _eval() -> EvalConfig:
     return EvalConfig(
         datasets=[EvalDataset(data="toolworld:dev", limit=20)],
@@ -94,4 +122,5 @@ class DemoConfig(PipelineConfig):
     )
     pareto: ParetoStageConfig = Field(default_factory=_pareto)
     rl: RLConfig = Field(default_factory=_rl)
+    e3_warmup: RLConfig = Field(default_factory=_e3_warmup)
     eval: EvalConfig = Field(default_factory=_eval)

@@ -278,7 +278,7 @@ def test_trl_trains_expert_tokens_off_policy_and_resumes_the_boundary(
 
     # the checkpoint holds the pass rates; a resumed run starts from them
     state = read_state(run_dir / "checkpoints" / "checkpoint-1")
-    assert set(state["boundary"]["pass_rates"]) == {"q0", "q1"} and state["experts_used"] == ["q0#0", "q1#0"]
+    assert set(state["boundary"]["pass_rates"]) == {"q0", "q1"} and list(state["experts_used"]) == ["q0#0", "q1#0"]
     loaded = []
     load = E3Rollout.load_state_dict
     monkeypatch.setattr(E3Rollout, "load_state_dict", lambda self, s: loaded.append(s) or load(self, s))
@@ -294,7 +294,8 @@ def test_trl_trains_expert_tokens_off_policy_and_resumes_the_boundary(
     assert [r["step"] for r in log] == [1, 2]
     assert log[0]["e3/guidance"] == 1.0 and log[1]["e3/guidance"] == 0.0  # annealed by the last step
     assert log[0]["e3/expert_token_share"] > 0 and log[1]["e3/expert_token_share"] == 0
-    assert summary["e3"]["expert_tokens"] == state["expert_tokens"] > 0  # step 2 added none
+    # step 2 used no expert: the totals are the restored ones (each expert trajectory's model tokens, once)
+    assert summary["e3"]["expert_tokens"] == sum(state["experts_used"].values()) > 0
 
 
 def test_rl_command_runs_the_warmup_with_the_task_oracle(tmp_path):

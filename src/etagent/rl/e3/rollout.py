@@ -91,13 +91,17 @@ class E3Rollout:
         self.boundary = boundary
         self.qa_metric = qa_metric
         self.check = check
-        self.experts_used: set[str] = set()  # "<question id>#<expert index>" used so far
-        self.expert_tokens = 0  # expert tokens trained on or continued from so far
+        #: "<question id>#<expert index>" -> its model tokens, for every expert trajectory used so far
+        #: (trained on or continued from): the expert data the warm-up cost, each trajectory once
+        self.experts_used: dict[str, int] = {}
+        self._questions = 0  # questions of the step in progress
+        self.continued_tokens = 0  # tokens the policy wrote after expert prefixes this step
 
     def run(
         self, questions: Sequence[Question], seed: int, step: int = 1
     ) -> tuple[list[Trajectory], dict[str, Any]]:
         t0 = time.perf_counter()
+        self._questions = len(questions)
         rng = random.Random(seed)
         verified = self.experts.get(questions)
         plans: dict[str, GroupPlan] = {}
@@ -112,19 +116,30 @@ class E3Rollout:
             )
 
         own, stats = self._self_explore(questions, plans, seed)
+        self.continued_tokens = 0
         prefixes = self._continue_prefixes(questions, plans, anchors)
+        stats["generated_tokens"] += self.continued_tokens  # what the policy wrote after the prefixes
         groups: list[Trajectory] = []
         for q in questions:
             group = own[q.id] + prefixes.get(q.id, []) + self._guided(q, plans[q.id], verified[q.id], anchors)
             for k, t in enumerate(group):
                 t.sample_index = k
             groups += group
+        self._report(len(groups))
         stats = {
             **stats,
             **self._update_boundary(questions, groups, plans),
             "time_s": time.perf_counter() - t0,
         }
         return groups, stats
+
+    def _report(self, done: int) -> None:
+        """Keep the step's progress display on the whole step: each rollout call below sets its own
+        total and finished count (ARPO) or none (a continuation)."""
+        progress = self.loop.progress
+        if progress is not None:
+            progress.total = self.n * self._questions
+            progress.set_finished(done)
 
     # -- the three kinds -----------------------------------------------------------------------
 
@@ -160,6 +175,7 @@ class E3Rollout:
             for t in trajs:
                 t.meta["e3"] = {"kind": "self"}
                 out.setdefault(t.question_id, []).append(t)
+            self._report(sum(len(v) for v in out.values()))
         own = sum(len(v) for v in out.values())
         stats: dict[str, Any] = {
             "generated_tokens": merged["generated_tokens"],
@@ -195,12 +211,14 @@ class E3Rollout:
                 "prefix_steps": steps,
                 "prefix_segments": len(partial.segments),
                 "prefix_tokens": len(partial.response_ids),
+                "prefix_model_tokens": partial.num_model_tokens,
             }
-            self.experts_used.add(f"{q.id}#{index}")
-            self.expert_tokens += len(partial.response_ids)
+            self.experts_used[f"{q.id}#{index}"] = expert.num_model_tokens
             partials += [partial] * plan.prefix
         out: dict[str, list[Trajectory]] = {}
+        self._report(sum(p.self_explored for p in plans.values()))
         for t in self.loop.continue_run(partials) if partials else []:
+            self.continued_tokens += t.num_model_tokens - t.meta["e3"]["prefix_model_tokens"]
             out.setdefault(t.question_id, []).append(t)
         return out
 
@@ -223,12 +241,16 @@ class E3Rollout:
             t = self.loop.partial_trajectory(q, expert.response_text, known_calls=expert.tool_calls)
             t.finish_reason, t.prediction = "answer", tags.extract_answer(t.response_text)
             t.meta["e3"] = {"kind": "guided", "expert": f"{q.id}#{index}", "expert_model": expert.model}
-            self.experts_used.add(f"{q.id}#{index}")
-            self.expert_tokens += t.num_model_tokens
+            self.experts_used[f"{q.id}#{index}"] = expert.num_model_tokens
             out.append(t)
         return out
 
     # -- the boundary --------------------------------------------------------------------------
+
+    @property
+    def expert_tokens(self) -> int:
+        """Model tokens of the distinct expert trajectories used so far."""
+        return sum(self.experts_used.values())
 
     def close(self) -> None:
         self.loop.close()
@@ -238,15 +260,13 @@ class E3Rollout:
         """What a resumed run needs to go on as this one would: pass rates and expert counts."""
         return {
             "boundary": self.boundary.state_dict(),
-            "experts_used": sorted(self.experts_used),
-            "expert_tokens": self.expert_tokens,
+            "experts_used": dict(sorted(self.experts_used.items())),
             "expert_trajectories_sampled": self.experts.generated,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.boundary.load_state_dict(state["boundary"])
-        self.experts_used = set(state["experts_used"])
-        self.expert_tokens = int(state["expert_tokens"])
+        self.experts_used = {str(k): int(v) for k, v in state["experts_used"].items()}
         self.experts.generated = int(state.get("expert_trajectories_sampled", 0))
 
     def _update_boundary(

@@ -1,0 +1,306 @@
+"""Issue 12: zero-RL vs SFT-then-RL vs E3-TIR from the same base model, on the tool world.
+
+For each seed and each arm, one demo-sized pipeline run (etagent.demo.DemoConfig) in
+``--out/seed<N>/<arm>``: the arms differ only in the warm-up (``warmup: none | sft | e3``); then
+one curriculum stage of Pareto sampling + RL with the same RL config, and greedy evaluation of
+the final model on the tool world's test split. Every stage's seed comes from N (SFT, RL, the
+E3 warm-up, the flywheel, the cold start's and E3's scripted expert, Pareto sampling and
+selection). The base model is evaluated once, in ``--out/base-eval``. Runs resume stage by stage.
+
+Printed: (a) per arm the mean over seeds with a 95% t-interval (3+ seeds; else min..max) of
+correctness (F1), Effi, the redundant- and insufficient-call rates, the expert trajectories used,
+compute (etagent.eval.roi: generated + 3 x trained tokens) and the ROI relative to SFT-then-RL
+(per seed, then the mean); (b) per-question differences E3-TIR - SFT-then-RL and E3-TIR - zero-RL
+with 95% paired-bootstrap intervals, pooled over seeds (question ids resampled; each id's
+difference is its mean over the seeds).
+
+    .venv/bin/python benchmarks/bench_e3tir.py --out runs/e3tir               # 3 seeds x 3 arms, CPU: hours
+    .venv/bin/python benchmarks/bench_e3tir.py --quick --model tiny --seeds 0 1 --out /tmp/e3bench-quick
+
+``--quick`` shrinks every stage (8 questions, 1 step per training stage) to check the script end
+to end; its numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch (docs/cpu.md 3.3)
+
+import argparse
+import json
+import logging
+import math
+import random
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from etagent.config import dump_config, load_config
+from etagent.demo import DemoConfig
+from etagent.eval.roi import cost_of_run, gain, relative_roi
+from etagent.eval.stage import run_eval
+from etagent.pipeline import run_pipeline
+
+#: arm -> (pipeline warmup, directory name)
+ARMS = {"zero-RL": ("none", "zero-rl"), "SFT-then-RL": ("sft", "sft-rl"), "E3-TIR": ("e3", "e3-tir")}
+REFERENCE = "SFT-then-RL"
+PAIRS = (("E3-TIR", "SFT-then-RL"), ("E3-TIR", "zero-RL"))
+
+# aggregated metrics of an eval's metrics.json
+METRICS = (
+    ("correctness (F1)", "correctness"),
+    ("Effi", "effi"),
+    ("redundant-call rate", "redundant_call_rate"),
+    ("insufficient-call rate", "insufficient_call_rate"),
+)
+
+# per-question values behind the paired comparison (one greedy trajectory per question)
+PAIRED: tuple[tuple[str, Callable[[dict[str, Any]], float]], ...] = (
+    ("correctness (F1)", lambda r: r["correctness"]),
+    ("Effi", lambda r: r["effi"] or 0.0),
+    ("redundant-call rate", lambda r: float(r["redundant_calls"] > 0)),
+    ("insufficient-call rate", lambda r: float(r["missing_calls"] > 0)),
+    ("model tokens", lambda r: float(r["model_tokens"])),
+)
+
+# two-sided 95% Student t quantiles by degrees of freedom
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+_QUICK_BUDGET = {"max_tool_calls": 2, "max_new_tokens_per_call": 16, "max_response_tokens": 48}
+
+
+def quick_sizes() -> dict[str, Any]:
+    """Every stage at the size of the tiny-model pipeline tests: minutes for all runs on 2 cores."""
+    agent = {"budget": _QUICK_BUDGET}
+    return {
+        "cold_start_data": {"limit": 6},
+        "cold_start_sft": {"max_steps": 1, "grad_accum": 1, "max_length": 512},
+        "flywheel": {"limit": 2, "rounds": 1, "agent": agent, "continuation_budget": _QUICK_BUDGET},
+        "sft": {"max_steps": 1, "grad_accum": 1, "max_length": 512},
+        "pareto": {
+            "rollout": {"limit": 3, "n": 2, "agent": agent},
+            # the tiny model answers nothing right: keep questions without mixed outcomes
+            "selection": {"budget": 2, "mixed_outcome_filter": "off"},
+        },
+        "rl": {
+            "num_generations": 2,
+            "use_arpo": False,
+            "arpo": {"n": 2, "initial_rollouts": 2, "reserve_rollouts": 0},
+            "questions_per_step": 1,
+            "micro_batch_size": 2,
+            "max_steps": 1,
+            "agent": agent,
+        },
+        "e3_warmup": {
+            "warmup": {"max_expert_share": 1.0, "min_self": 1},
+            "use_arpo": False,
+            "num_generations": 2,
+            "arpo": {"n": 2, "initial_rollouts": 1, "reserve_rollouts": 0},
+            "questions_per_step": 2,
+            "micro_batch_size": 2,
+            "max_steps": 1,
+            # the expert's trajectories (continued from or trained on) must fit the budget
+            "agent": {
+                "budget": {"max_tool_calls": 3, "max_new_tokens_per_call": 200, "max_response_tokens": 800}
+            },
+        },
+        "eval": {"agent": agent},
+    }
+
+
+def _deep_update(dst: dict[str, Any], src: dict[str, Any]) -> dict[str, Any]:
+    for key, value in src.items():
+        if isinstance(value, dict) and isinstance(dst.get(key), dict):
+            _deep_update(dst[key], value)
+        else:
+            dst[key] = value
+    return dst
+
+
+def arm_config(warmup: str, seed: int, args: argparse.Namespace) -> DemoConfig:
+    """The demo pipeline for one arm and seed: same stages and sizes as every other arm but the warm-up."""
+    # a dict field is replaced, not laid over its default: keep the demo's oracle settings
+    # (redundant / missing rates) and add the seed
+    demo = DemoConfig()
+    cold_expert = {**demo.cold_start_data.cold_start.expert, "seed": seed}
+    e3_oracle = {**demo.e3_warmup.warmup.expert.oracle, "seed": seed} if demo.e3_warmup.warmup else {}
+    tree: dict[str, Any] = {
+        "base_model": args.model,
+        "warmup": warmup,
+        "curriculum_stages": 1,
+        "eval_base": False,
+        "cold_start_data": {"seed": seed, "cold_start": {"expert": cold_expert}},
+        "cold_start_sft": {"seed": seed},
+        "flywheel": {"seed": seed},
+        "sft": {"seed": seed},
+        "e3_warmup": {"seed": seed, "warmup": {"expert": {"oracle": e3_oracle}}},
+        "pareto": {"rollout": {"agent": {"sampling": {"seed": seed}}}, "selection": {"seed": seed}},
+        "rl": {"seed": seed},  # its sampling seed stays unset: the trainer seeds (etagent.rl.trl_engine)
+        "eval": {"datasets": [{"data": "toolworld:test", "limit": args.limit}]},
+    }
+    if args.quick:
+        _deep_update(tree, quick_sizes())
+    return load_config(DemoConfig, base=tree)
+
+
+def final_eval(run: Path, warmup: str, base_eval: Path) -> tuple[Path, str]:
+    """The final model's eval directory: after RL, else after the warm-up (RL skipped: the Pareto
+    stage selected no question), else the base model (zero-RL without an RL stage)."""
+    for label in ("rl", warmup):
+        if (run / "07-eval" / label / "metrics.json").is_file():
+            return run / "07-eval" / label, label
+    return base_eval, "base"
+
+
+def dataset_metrics(eval_dir: Path) -> dict[str, Any]:
+    metrics = json.loads((eval_dir / "metrics.json").read_text(encoding="utf-8"))
+    return next(iter(metrics["datasets"].values()))
+
+
+def scores(eval_dir: Path) -> dict[str, dict[str, Any]]:
+    rows = (json.loads(line) for line in (eval_dir / "scores.jsonl").open(encoding="utf-8") if line.strip())
+    return {r["question_id"]: r for r in rows}
+
+
+def interval(values: list[float], digits: int = 3) -> str:
+    """Mean and, over seeds, a 95% t-interval (3+ values) or min..max."""
+    if not values:
+        return "-"
+    mean = statistics.fmean(values)
+    if len(values) >= 3:
+        half = _T975.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
+        return f"{mean:.{digits}f} ±{half:.{digits}f}"
+    if len(values) == 2:
+        return f"{mean:.{digits}f} [{min(values):.{digits}f}..{max(values):.{digits}f}]"
+    return f"{mean:.{digits}f}"
+
+
+def paired_bootstrap(diffs: list[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of per-question differences and its 95% bootstrap interval (questions resampled)."""
+    rng = random.Random(seed)
+    n = len(diffs)
+    means = sorted(sum(rng.choice(diffs) for _ in range(n)) / n for _ in range(resamples))
+    return sum(diffs) / n, means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]
+
+
+def pooled_differences(runs_a: list[dict[str, dict]], runs_b: list[dict[str, dict]]) -> None:
+    """a - b per question: each question's difference averaged over the seeds, then bootstrapped."""
+    ids = sorted(set.intersection(*(set(r) for r in runs_a + runs_b)))
+    if not ids:
+        print("  no question evaluated in every run")
+        return
+    print(f"  {len(ids)} questions x {len(runs_a)} seeds")
+    for label, value in PAIRED:
+        diffs = [
+            statistics.fmean(value(a[i]) - value(b[i]) for a, b in zip(runs_a, runs_b, strict=True))
+            for i in ids
+        ]
+        mean, lo, hi = paired_bootstrap(diffs)
+        print(f"  {label:26}{mean:+10.3f}   [{lo:+.3f}, {hi:+.3f}]")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    ap.add_argument("--limit", type=int, help="test-split questions evaluated (default 128: all; --quick: 8)")
+    ap.add_argument("--out", default="runs/e3tir", help="output directory (resumable)")
+    ap.add_argument("--model", default="embedded", help="the base model of every arm")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the script end to end")
+    args = ap.parse_args()
+    if args.limit is None:
+        args.limit = 8 if args.quick else 128
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' deprecation notices
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+
+    base_eval = out / "base-eval"
+    if not (base_eval / "metrics.json").is_file():
+        cfg = arm_config("none", args.seeds[0], args)
+        print(f"[{time.perf_counter() - t0:6.0f} s] base model {args.model}: eval -> {base_eval}", flush=True)
+        run_eval(cfg.eval.model_copy(update={"agent": cfg.eval.agent.with_model(args.model)}), base_eval)
+    base_score = dataset_metrics(base_eval)["correctness"]
+
+    results: dict[str, dict[int, dict[str, Any]]] = {arm: {} for arm in args.arms}
+    for seed in args.seeds:
+        for arm in args.arms:
+            warmup, name = ARMS[arm]
+            run = out / f"seed{seed}" / name
+            cfg = arm_config(warmup, seed, args)
+            run.mkdir(parents=True, exist_ok=True)
+            (run / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+            print(f"[{time.perf_counter() - t0:6.0f} s] seed {seed} {arm}: pipeline -> {run}", flush=True)
+            run_pipeline(cfg, run)
+            eval_dir, label = final_eval(run, warmup, base_eval)
+            if label != "rl":
+                print(f"  no RL stage ran (the Pareto stage selected no question): {label} model evaluated")
+            results[arm][seed] = {
+                "metrics": dataset_metrics(eval_dir),
+                "scores": scores(eval_dir),
+                "cost": cost_of_run(run),
+            }
+
+    print(
+        f"\ntool world test split, {args.limit} questions, greedy; base model {args.model} "
+        f"(correctness {base_score:.3f}); seeds {args.seeds}; {'QUICK sizes' if args.quick else 'demo sizes'}"
+    )
+    spread = "mean ±95% t-interval" if len(args.seeds) >= 3 else "mean [min..max]"
+    print(f"(a) per arm, {spread} over seeds")
+    width = 30
+    print(f"{'':26}" + "".join(f"{arm:>{width}}" for arm in args.arms))
+    # (label, value of one seed's result, decimals)
+    rows: list[tuple[str, Callable[[dict[str, Any]], float | None], int]] = [
+        (label, lambda r, k=key: r["metrics"].get(k), 3) for label, key in METRICS
+    ]
+    rows += [
+        ("expert trajectories", lambda r: float(r["cost"].expert_trajectories), 1),
+        ("expert tokens", lambda r: float(r["cost"].expert_tokens), 0),
+        ("compute (tokens)", lambda r: float(r["cost"].compute), 0),
+        ("ROI vs SFT-then-RL", lambda r: r.get("roi"), 2),
+    ]
+    if REFERENCE in results:
+        for arm in args.arms:
+            for seed, r in results[arm].items():
+                ref = results[REFERENCE][seed]
+                try:
+                    r["roi"] = relative_roi(
+                        gain(r["metrics"]["correctness"], base_score),
+                        r["cost"],
+                        gain(ref["metrics"]["correctness"], base_score),
+                        ref["cost"],
+                    )
+                except ValueError as e:
+                    r["roi"] = None
+                    r["roi_error"] = str(e)
+    for label, get, digits in rows:
+        cells = []
+        for arm in args.arms:
+            values = [v for v in (get(r) for r in results[arm].values()) if v is not None]
+            cells.append(f"{interval(values, digits):>{width}}")
+        print(f"{label:26}" + "".join(cells))
+    errors = {r["roi_error"] for arm in args.arms for r in results[arm].values() if "roi_error" in r}
+    for error in sorted(errors):
+        print(f"  ROI left out: {error}")
+    if REFERENCE in results:
+        print(
+            "  ROI: (gain / (compute / ref compute + expert tokens / ref expert tokens)) / (ref gain / 2), "
+            "gain = correctness - base's, ref = SFT-then-RL of the same seed (etagent.eval.roi)"
+        )
+
+    for a, b in PAIRS:
+        if a in results and b in results:
+            print(f"\n(b) {a} - {b}, per question, mean and 95% paired-bootstrap interval pooled over seeds:")
+            pooled_differences(
+                [results[a][s]["scores"] for s in args.seeds], [results[b][s]["scores"] for s in args.seeds]
+            )
+    print(f"\n{time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
