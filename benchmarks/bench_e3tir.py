@@ -43,6 +43,7 @@ from etagent.config import dump_config, load_config
 from etagent.demo import DemoConfig
 from etagent.eval.roi import cost_of_run, gain, relative_roi
 from etagent.eval.stage import run_eval
+from etagent.io import file_lock
 from etagent.pipeline import run_pipeline
 
 #: arm -> (pipeline warmup, directory name)
@@ -140,8 +141,16 @@ def arm_config(warmup: str, seed: int, args: argparse.Namespace) -> DemoConfig:
         "e3_warmup": {"seed": seed, "warmup": {"expert": {"oracle": e3_oracle}}},
         "pareto": {"rollout": {"agent": {"sampling": {"seed": seed}}}, "selection": {"seed": seed}},
         "rl": {"seed": seed},  # its sampling seed stays unset: the trainer seeds (etagent.rl.trl_engine)
+        "eval_warmup": False,  # only the final model is compared
         "eval": {"datasets": [{"data": "toolworld:test", "limit": args.limit}]},
     }
+    if args.threads:  # several seeds at once on a few cores: each process this many torch threads
+        hf = {"backend": {"hf": {"threads": args.threads}}}
+        for stage in ("cold_start_data", "flywheel", "eval"):
+            _deep_update(tree.setdefault(stage, {}), {"agent": hf})
+        _deep_update(tree, {"pareto": {"rollout": {"agent": hf}}})
+        for stage in ("cold_start_sft", "sft", "rl", "e3_warmup"):
+            tree[stage]["threads"] = args.threads
     if args.quick:
         _deep_update(tree, quick_sizes())
     return load_config(DemoConfig, base=tree)
@@ -211,6 +220,12 @@ def main() -> None:
     ap.add_argument("--out", default="runs/e3tir", help="output directory (resumable)")
     ap.add_argument("--model", default="embedded", help="the base model of every arm")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the script end to end")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads per stage (0: all cores); 1 to run seeds in parallel",
+    )
     args = ap.parse_args()
     if args.limit is None:
         args.limit = 8 if args.quick else 128
@@ -221,12 +236,6 @@ def main() -> None:
     t0 = time.perf_counter()
 
     base_eval = out / "base-eval"
-    if not (base_eval / "metrics.json").is_file():
-        cfg = arm_config("none", args.seeds[0], args)
-        print(f"[{time.perf_counter() - t0:6.0f} s] base model {args.model}: eval -> {base_eval}", flush=True)
-        run_eval(cfg.eval.model_copy(update={"agent": cfg.eval.agent.with_model(args.model)}), base_eval)
-    base_score = dataset_metrics(base_eval)["correctness"]
-
     results: dict[str, dict[int, dict[str, Any]]] = {arm: {} for arm in args.arms}
     for seed in args.seeds:
         for arm in args.arms:
@@ -237,15 +246,31 @@ def main() -> None:
             (run / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
             print(f"[{time.perf_counter() - t0:6.0f} s] seed {seed} {arm}: pipeline -> {run}", flush=True)
             run_pipeline(cfg, run)
+
+    # after the arms, and once for all processes sharing --out (each runs its own seeds)
+    with file_lock(out / "base-eval.lock"):
+        if not (base_eval / "metrics.json").is_file():
+            cfg = arm_config("none", args.seeds[0], args)
+            print(
+                f"[{time.perf_counter() - t0:6.0f} s] base model {args.model}: eval -> {base_eval}",
+                flush=True,
+            )
+            run_eval(cfg.eval.model_copy(update={"agent": cfg.eval.agent.with_model(args.model)}), base_eval)
+    base_score = dataset_metrics(base_eval)["correctness"]
+    for seed in args.seeds:
+        for arm in args.arms:
+            warmup, name = ARMS[arm]
+            run = out / f"seed{seed}" / name
             eval_dir, label = final_eval(run, warmup, base_eval)
             if label != "rl":
-                print(f"  no RL stage ran (the Pareto stage selected no question): {label} model evaluated")
+                print(
+                    f"seed {seed} {arm}: no RL stage ran (the Pareto stage selected no question): {label} model"
+                )
             results[arm][seed] = {
                 "metrics": dataset_metrics(eval_dir),
                 "scores": scores(eval_dir),
                 "cost": cost_of_run(run),
             }
-
     print(
         f"\ntool world test split, {args.limit} questions, greedy; base model {args.model} "
         f"(correctness {base_score:.3f}); seeds {args.seeds}; {'QUICK sizes' if args.quick else 'demo sizes'}"

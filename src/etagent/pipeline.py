@@ -96,6 +96,9 @@ class PipelineConfig(ConfigModel):
     rl: RLConfig = Field(default_factory=lambda: RLConfig(keep_checkpoints=False))
     eval: EvalConfig = Field(default_factory=EvalConfig)
     eval_base: bool = Field(True, description="also evaluate the base model (the report's baseline)")
+    eval_warmup: bool = Field(
+        True, description="also evaluate the warm-up's model (sft or e3) when an RL stage follows it"
+    )
     search_summariser: SummariserConfig | None = Field(
         None,
         description="the search tool's summariser in every phase at once: the flywheel, Pareto "
@@ -193,6 +196,8 @@ class Pipeline:
 
         if policy != start:
             models["rl"] = policy
+            if not cfg.eval_warmup:
+                models = {label: m for label, m in models.items() if label not in ("sft", "e3")}
         eval_dirs = []
         for label, model in models.items():
             ev = cfg.eval.model_copy(update={"agent": cfg.eval.agent.with_model(model)})
