@@ -113,7 +113,11 @@ def test_pipeline_with_the_e3_warmup_instead_of_sft(tmp_path):
                 "micro_batch_size": 2,
                 "max_steps": 1,
                 "threads": 1,
-                "agent": {"budget": {"max_tool_calls": 3, "max_new_tokens_per_call": 200, "max_response_tokens": 800}},
+                "agent": {
+                    # short expert trajectories: they must fit the budget
+                    "tools": {"enabled": ["search", "python"], "search": {"top_k": 1, "max_doc_chars": 160}},
+                    "budget": {"max_tool_calls": 3, "max_new_tokens_per_call": 200, "max_response_tokens": 360},
+                },
             },
             "curriculum_stages": 0,
             "eval": {"datasets": [{"data": "toolworld:dev", "limit": 1}], "agent": {"budget": SMALL_BUDGET}},

@@ -306,7 +306,8 @@ data: toolworld:train
 limit: 2
 agent:
   backend: {model: tiny}
-  budget: {max_tool_calls: 3, max_new_tokens_per_call: 200, max_response_tokens: 800}
+  tools: {enabled: [search, python], search: {top_k: 1, max_doc_chars: 160}}  # short expert trajectories
+  budget: {max_tool_calls: 3, max_new_tokens_per_call: 200, max_response_tokens: 360}
 warmup: {method: e3, max_expert_share: 1.0, min_self: 1}
 use_arpo: false
 num_generations: 2
