@@ -8,6 +8,8 @@ tools, and ``backend.kind: expert`` is the task's oracle.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 
 from etagent.backends.base import Generator
@@ -36,6 +38,14 @@ class AgentConfig(ConfigModel):
     def with_model(self, model: str) -> AgentConfig:
         """A copy whose backend runs ``model`` (a pipeline hands each stage the latest policy)."""
         return self.model_copy(update={"backend": self.backend.model_copy(update={"model": model})})
+
+    def with_oracle(self, settings: dict[str, Any] | None = None) -> AgentConfig:
+        """A copy whose backend is the task's oracle (``settings``: its own, e.g. the tool world's
+        redundant and missing rates), writing for this agent's tokenizer with its tools and budget."""
+        oracle = BackendConfig.model_validate(
+            {"kind": ORACLE, "model": self.backend.tokenizer_name, ORACLE: settings or {}}
+        )
+        return self.model_copy(update={"backend": oracle})
 
 
 def build_generator_for(backend: BackendConfig, task: Task) -> Generator:

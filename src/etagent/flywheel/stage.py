@@ -33,7 +33,6 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from etagent.agent import AgentConfig, build_agent
-from etagent.backends.config import ORACLE, BackendConfig
 from etagent.config import ConfigModel
 from etagent.flywheel import operators as ops
 from etagent.flywheel.buffer import (
@@ -141,10 +140,7 @@ class FlywheelConfig(ConfigModel):
         """The policy's agent; for a cold start, the task's oracle (with the cold start's settings)."""
         if not self.cold_start.enabled:
             return self.agent
-        oracle = BackendConfig.model_validate(
-            {"kind": ORACLE, "model": self.agent.backend.tokenizer_name, ORACLE: self.cold_start.expert}
-        )
-        return self.agent.model_copy(update={"backend": oracle})
+        return self.agent.with_oracle(self.cold_start.expert)
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,7 +247,11 @@ class Flywheel:
                 )
             )
         finished = ops.continue_drafts(
-            drafts, self.loop, self.cfg.agent.budget, self.cfg.continuation_budget, self._sampling(batch_key, r)
+            drafts,
+            self.loop,
+            self.cfg.agent.budget,
+            self.cfg.continuation_budget,
+            self._sampling(batch_key, r),
         )
         # buffer order per question: the operators' order above, whatever the batch order
         for draft, traj, verdict in sorted(

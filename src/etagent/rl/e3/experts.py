@@ -15,7 +15,6 @@ from typing import Any
 
 from etagent import runtime
 from etagent.agent import AgentConfig, build_agent
-from etagent.backends.config import ORACLE, BackendConfig
 from etagent.io import JsonlAppender, iter_jsonl, repair_torn_tail, validate_record
 from etagent.protocol import tags
 from etagent.records import Question, Trajectory
@@ -118,10 +117,7 @@ class ExpertBank:
             return {q.id: self.verified(self._file.get(q.id, [])) for q in questions}
         if self._loop is None:
             if self.cfg.source == "oracle":
-                backend = BackendConfig.model_validate(
-                    {"kind": ORACLE, "model": self.agent.backend.tokenizer_name, ORACLE: self.cfg.oracle}
-                )
-                expert_agent = self.agent.model_copy(update={"backend": backend})
+                expert_agent = self.agent.with_oracle(self.cfg.oracle)
             else:
                 expert_agent = self.cfg.agent
             self._loop = build_agent(expert_agent, self.task)
