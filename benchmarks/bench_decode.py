@@ -19,7 +19,15 @@ Prefill is removed by timing the same call with 1 new token (the first token com
 prefill) and taking the difference: decode tokens/s = B x new_tokens / (t(new_tokens + 1) -
 t(1)). The prefix store is off so each call does the same prefill. Best of ``--repeat``.
 
+Each batch size is measured twice in the same run, alternating: with the engine's lean decode
+step (``hf.lean_decode``, the default) and with every step through the model's forward (the
+previous path); the ratio is printed. A third figure is the step's matrix products alone
+(``F.linear`` over the model's weights at batch 1, no other op): with torch's CPU kernels that
+is as fast as a batch-1 step can get, whatever the Python around it. Goal: batch 1 at >= 50% of
+the bandwidth bound.
+
     .venv/bin/python benchmarks/bench_decode.py [--new-tokens 64] [--batches 1 16] [--threads 0]
+        [--dtype auto|float32|bfloat16] [--no-compare]
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ from __future__ import annotations
 import argparse
 import os
 import time
+
+GOAL = 0.50  # batch-1 decode tokens/s as a share of the memory-bandwidth bound
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -73,6 +83,24 @@ def matmul_flops(device, dtype, repeat: int) -> float:
     return 2 * 1024**3 / best_time(lambda: a @ b, repeat, device)
 
 
+def matmul_step_time(model, repeat: int) -> float:
+    """Seconds of one batch-1 step's matrix products alone: every ``nn.Linear`` of the model
+    (the output projection included) on a [1, in] input, back to back, best of ``repeat``."""
+    import torch
+    import torch.nn.functional as F
+
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    p = next(model.parameters())
+    inputs = {m.in_features: torch.rand(1, m.in_features, dtype=p.dtype, device=p.device) for m in linears}
+
+    def step() -> None:
+        with torch.inference_mode():
+            for m in linears:
+                F.linear(inputs[m.in_features], m.weight, m.bias)
+
+    return best_time(step, repeat, p.device)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="embedded")
@@ -82,6 +110,10 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--copy-mib", type=int, default=256, help="size of the copied tensor")
     ap.add_argument("--repeat", type=int, default=2, help="timed generate calls of each kind; best kept")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    ap.add_argument(
+        "--no-compare", action="store_true", help="skip the previous decode path (every step through forward)"
+    )
     args = ap.parse_args()
 
     import torch
@@ -89,6 +121,8 @@ def main() -> None:
     from etagent.backends.base import SamplingParams
     from etagent.backends.config import BackendConfig, build_generator
     from etagent.backends.hf import HFConfig
+    from etagent.backends.hf.device import cpu_bf16_flags
+    from etagent.backends.hf.lean import LeanDecoder
     from etagent.tasks.toolworld import load_split
 
     generator = build_generator(
@@ -96,7 +130,11 @@ def main() -> None:
             kind="hf",
             model=args.model,
             hf=HFConfig(
-                batch_size=max(args.batches), threads=args.threads, device=args.device, prefix_cache_bytes=0
+                batch_size=max(args.batches),
+                threads=args.threads,
+                device=args.device,
+                prefix_cache_bytes=0,
+                dtype=args.dtype,
             ),
         )
     )
@@ -113,10 +151,14 @@ def main() -> None:
     step_bound = copy_rate / weight_bytes  # tokens/s at batch 1 = decode steps/s
     flop_bound = flops / (2 * n_params)  # tokens/s when compute limits, any batch
 
+    flags = cpu_bf16_flags()
+    why = f"CPU bf16 flags: {', '.join(flags) or 'none'}; torch CPU capability {torch.backends.cpu.get_cpu_capability()}"
     print(
-        f"model: {args.model} ({n_params / 1e6:.1f}M parameters, {dtype}, {device}) | "
+        f"model: {args.model} ({n_params / 1e6:.1f}M parameters, {dtype} ({args.dtype}; {why}), {device}) | "
         f"torch threads: {torch.get_num_threads()} | weight bytes: {weight_bytes / 1e6:.1f} MB"
     )
+    lean_reason = LeanDecoder.supports(model)
+    print(f"lean decode step: {'applies' if lean_reason is None else 'does not apply: ' + lean_reason}")
     print(
         f"memory copy rate ({args.copy_mib} MiB tensor, best of 5, read + written bytes): "
         f"{copy_rate / 1e9:.2f} GB/s | read-only rate (sum): {read_rate / 1e9:.2f} GB/s"
@@ -127,7 +169,15 @@ def main() -> None:
         f"B x that at batch B (KV-cache reads and compute ignored)"
     )
 
+    mm_s = matmul_step_time(model, repeat=5)
+    print(
+        f"batch-1 matrix products alone: {1e3 * mm_s:.1f} ms/step = {weight_bytes / mm_s / 1e9:.1f} GB/s "
+        f"of weights -> {1 / mm_s:.1f} tok/s = {1 / mm_s / step_bound:.0%} of the bandwidth bound "
+        f"(the most a batch-1 step can reach with these kernels)"
+    )
+
     questions = load_split("dev")
+    paths = [("lean", True)] if args.no_compare else [("previous", False), ("lean", True)]
     for batch in args.batches:
         prompts = [[{"role": "user", "content": q.question}] for q in questions[:batch]]
         prompt_tokens = sum(len(generator.prompt_ids(p)) for p in prompts)
@@ -138,18 +188,40 @@ def main() -> None:
             assert lengths == {new_tokens}, f"expected {new_tokens} tokens per row, got {lengths}"
             return out
 
-        run(2)  # warm-up at this batch size
-        t_prefill = best_time(lambda: run(1), args.repeat, device)
-        t_full = best_time(lambda n=args.new_tokens + 1: run(n), args.repeat, device)
-        decode_rate = batch * args.new_tokens / (t_full - t_prefill)
+        # best of --repeat for each path, the paths alternating so that load hits both alike
+        best = {name: (float("inf"), float("inf")) for name, _ in paths}
+        for _, lean in paths:
+            generator.lean_decode = lean
+            run(2)  # warm-up at this batch size
+        for _ in range(args.repeat):
+            for name, lean in paths:
+                generator.lean_decode = lean
+                t_prefill = best_time(lambda: run(1), 1, device)
+                t_full = best_time(lambda n=args.new_tokens + 1: run(n), 1, device)
+                best[name] = (min(best[name][0], t_prefill), min(best[name][1], t_full))
+        generator.lean_decode = True
         bound = batch * step_bound
-        print(
-            f"batch {batch:>2}: prompt tokens {prompt_tokens}, prefill {t_prefill:.2f} s, "
-            f"{args.new_tokens} decode steps {t_full - t_prefill:.2f} s -> {decode_rate:.1f} tok/s "
-            f"({decode_rate / batch:.1f} per sequence, {1e3 * (t_full - t_prefill) / args.new_tokens:.0f} ms/step) | "
-            f"bandwidth bound {bound:.1f} tok/s: {decode_rate / bound:.0%} of it | "
-            f"compute bound {flop_bound:.1f} tok/s: {decode_rate / flop_bound:.0%} of it"
-        )
+        rates = {}
+        for name, _ in paths:
+            t_prefill, t_full = best[name]
+            rates[name] = decode_rate = batch * args.new_tokens / (t_full - t_prefill)
+            print(
+                f"batch {batch:>2} {name:>8}: prompt tokens {prompt_tokens}, prefill {t_prefill:.2f} s, "
+                f"{args.new_tokens} decode steps {t_full - t_prefill:.2f} s -> {decode_rate:.1f} tok/s "
+                f"({decode_rate / batch:.1f} per sequence, {1e3 * (t_full - t_prefill) / args.new_tokens:.0f} ms/step) | "
+                f"bandwidth bound {bound:.1f} tok/s: {decode_rate / bound:.0%} of it | "
+                f"compute bound {flop_bound:.1f} tok/s: {decode_rate / flop_bound:.0%} of it"
+            )
+        if "previous" in rates:
+            print(
+                f"batch {batch:>2}: lean / previous decode tokens/s: {rates['lean'] / rates['previous']:.2f}x"
+            )
+        if batch == 1:
+            share = rates["lean"] / bound
+            print(
+                f"goal: batch-1 decode >= {GOAL:.0%} of the bandwidth bound: {share:.0%} -> "
+                f"{'met' if share >= GOAL else 'NOT met'}"
+            )
 
 
 if __name__ == "__main__":

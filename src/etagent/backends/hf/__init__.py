@@ -39,15 +39,28 @@ runs in one process: batched 32.6 s (before the shared prefix and the prefill gr
 is the prefill of the tool results (~2,400 tokens, ~9 s, the same work one at a time) and
 the 127 steps of its longest trajectory, of which 45 run with two rows at ~160 ms a step.
 
+The decode step itself (:mod:`.lean`, for stock Llama models on the CPU) runs the layers' ops
+directly instead of through transformers' modules: profiled at batch 1 (64 tokens), the
+previous path spent ~40% of a step outside the matrix products (module calls, hooks, a mask
+rebuilt every step, 7-op RMSNorm and rotary embedding per use). With it, ``bench_decode.py``
+measured 1.2x the previous path at batch 1 (65 vs 79 ms a step, load 2-5), of which the matrix
+products alone take ~43 ms: MKL's fp32 matrix-vector product reads the weights at ~12 GB/s
+whatever the thread count, about half the machine's 2-thread copy rate, so a batch-1 step stays
+at ~45% of the bandwidth bound on a quiet machine. torch.compile was not used: the step's time
+is in those MKL calls, which Inductor on the CPU calls as well, and the growing cache would
+need a static rewrite and minutes of compilation on 2 cores.
+
 The modules, one job each:
 
 - :mod:`.engine`: :class:`HFGenerator`, its batch scheduler and decode loop, prefill groups;
+- :mod:`.lean`: :class:`~.lean.LeanDecoder`, the decode step of a stock Llama model written out
+  (the same ops as its forward without transformers' module machinery; ``hf.lean_decode``);
 - :mod:`.cache`: the KV-cache layer that appends in place into buffers with spare room;
 - :mod:`.attention`: the attention function that holds a batch's shared prefix once, and its
   registration with transformers (done when the engine is imported);
 - :mod:`.prefix_store`: :class:`PrefixStore`, the keys/values of earlier sequences;
 - :mod:`.sampling`: choosing the next token (top-k, top-p, repetition penalty) and log-probs;
-- :mod:`.device`: ``auto`` device and dtype;
+- :mod:`.device`: ``auto`` device and dtype (bf16 only on GPUs and CPUs with native bf16);
 - :mod:`.config`: :class:`HFConfig`, the ``backend.hf`` settings.
 """
 
@@ -75,4 +88,11 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["HFConfig", "HFGenerator", "PrefixStore", "default_prefix_cache_bytes", "resolve_device", "resolve_dtype"]
+__all__ = [
+    "HFConfig",
+    "HFGenerator",
+    "PrefixStore",
+    "default_prefix_cache_bytes",
+    "resolve_device",
+    "resolve_dtype",
+]

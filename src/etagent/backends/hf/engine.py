@@ -16,6 +16,7 @@ prompt length, so rows decoded together pad little, and the results are put back
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +32,7 @@ from etagent.backends.hf.attention import _ATTENTION, _FLASH_CPU, _PASS, _Pass, 
 from etagent.backends.hf.cache import _attached_cache, _GrowingLayer, _new_cache
 from etagent.backends.hf.config import HFConfig
 from etagent.backends.hf.device import resolve_device, resolve_dtype
+from etagent.backends.hf.lean import LeanDecoder
 from etagent.backends.hf.prefix_store import (
     PrefixStore,
     _common_prefix,
@@ -42,6 +44,8 @@ from etagent.backends.hf.sampling import pick
 
 if TYPE_CHECKING:
     from etagent.backends.config import BackendConfig
+
+log = logging.getLogger(__name__)
 
 register_attention()
 
@@ -196,12 +200,17 @@ class HFGenerator(Generator):
         *,
         batch_size: int = 16,
         prefix_cache_bytes: int | None = None,
+        lean_decode: bool = True,
         name: str = "hf",
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.name = name
+        #: decode steps through :class:`~.lean.LeanDecoder` where it applies (see :meth:`_lean`);
+        #: False: every step through the model's forward (the previous path, for comparison)
+        self.lean_decode = lean_decode
+        self._lean_off_logged: str | None = None  # why the lean step did not apply, logged once
         eos: set[int] = set()
         gen_cfg = getattr(model, "generation_config", None)
         for value in (getattr(gen_cfg, "eos_token_id", None), tokenizer.eos_token_id):
@@ -252,6 +261,7 @@ class HFGenerator(Generator):
             tokenizer,
             batch_size=cfg.hf.batch_size,
             prefix_cache_bytes=cfg.hf.prefix_cache_bytes,
+            lean_decode=cfg.hf.lean_decode,
             name=f"hf:{cfg.model}",
         )
 
@@ -319,6 +329,24 @@ class HFGenerator(Generator):
         finally:
             config._attn_implementation = previous
             self._attention_active = False
+
+    def _lean(self) -> LeanDecoder | None:
+        """The lean decode step for this ``generate()`` call, or None: it needs our cache layers
+        and attention function active (the CPU path) and a stock Llama model (see
+        :meth:`LeanDecoder.supports`); built per call, so a trainer's replaced modules are seen."""
+        if not self.lean_decode:
+            return None
+        reason = LeanDecoder.supports(self.model)
+        if reason is None and not (self._attention_active and self._growing_cache):
+            reason = "not on the CPU path (our cache layers and attention function)"
+        if reason is not None:
+            if reason != self._lean_off_logged:
+                log.info(
+                    "hf: decode steps through the model's forward, the lean step does not apply: %s", reason
+                )
+                self._lean_off_logged = reason
+            return None
+        return LeanDecoder(self.model)
 
     def _weights_signature(self) -> int:
         """Changes whenever a parameter is modified in place (optimizer steps, load_state_dict) or
@@ -588,6 +616,7 @@ class HFGenerator(Generator):
         # A stop string of L bytes lies within the last L tokens (every token is >= 1 byte); one
         # more token keeps a leading-space-stripping decoder (SentencePiece) from eating its start.
         window = max((len(s.encode()) for s in stops), default=0) + 1
+        lean = self._lean()
         while batch.rows:
             tok, tok_lp, top_lp, top_ids = pick(batch.logits, params, rng, batch.seen)  # [b], top [b, k]
             toks, lps = tok.tolist(), tok_lp.tolist()
@@ -629,13 +658,16 @@ class HFGenerator(Generator):
                 batch.mask = torch.cat(
                     [batch.mask, batch.mask.new_ones((len(batch.rows), 1))], dim=1
                 )  # [b, T+1]
-                batch.logits, batch.cache = self._forward(
-                    batch.shared,
-                    input_ids=tok[:, None],  # [b, 1]
-                    attention_mask=batch.mask,
-                    position_ids=batch.next_pos[:, None],  # [b, 1]
-                    past_key_values=batch.cache,
-                )
+                if lean is not None:
+                    batch.logits = lean.step(tok, batch.next_pos, batch.mask, batch.cache, batch.shared)
+                else:
+                    batch.logits, batch.cache = self._forward(
+                        batch.shared,
+                        input_ids=tok[:, None],  # [b, 1]
+                        attention_mask=batch.mask,
+                        position_ids=batch.next_pos[:, None],  # [b, 1]
+                        past_key_values=batch.cache,
+                    )
                 batch.next_pos = batch.next_pos + 1
             free = self.batch_size - len(batch.rows)
             if pending and (not batch.rows or (self._growing_cache and free >= refill_at)):
