@@ -89,13 +89,18 @@ def _e3_warmup() -> RLConfig:
     return RLConfig(
         data="toolworld:train",
         # the cold start's expert, redundant and missing calls included: both warm-ups learn from the same one
-        warmup=E3Config(expert={"oracle": _COLD_START_EXPERT}),
+        # off_policy shaping log: the base 135M model gives the expert's tags a probability of ~1e-5,
+        # where policy shaping's pull (gamma p / (p + gamma)^2 ~ p / gamma) all but vanishes
+        # (docs/e3tir.md 3); the advantage-weighted likelihood pulls as SFT does
+        warmup=E3Config(expert={"oracle": _COLD_START_EXPERT}, off_policy={"shaping": "log"}),
         num_generations=8,
         arpo={"n": 8, "initial_rollouts": 4, "reserve_rollouts": 1},
         questions_per_step=2,
         micro_batch_size=4,
         max_steps=4,
-        learning_rate=1e-5,
+        # between the RL stage's 1e-5 and the SFT stages' 5e-5 / 2e-4: the warm-up has to teach the
+        # format the SFT stages teach, in 4 steps (not tuned)
+        learning_rate=5e-5,
         agent=AgentConfig(budget=_BUDGET.model_copy(update={"on_budget": "stop"})),
         save_steps=2,
         keep_checkpoints=False,
