@@ -174,7 +174,9 @@ def test_sandboxes_end_with_their_owner(tmp_path, mode, isolation, sig, delay):
             assert any(p.endswith("bwrap") for p in sandbox_processes(owner_fragment(proc.pid)))
         time.sleep(delay)
         proc.send_signal(sig)
-        proc.wait(timeout=60)
+        # WorkerPool.close waits at most 30 + 30 + 10 s (spawner, reaper, guard): on loaded cores a
+        # worker still starting when the signal comes can hold the spawner most of that
+        proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
