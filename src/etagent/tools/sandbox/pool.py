@@ -30,6 +30,11 @@ from dataclasses import dataclass
 from etagent.tools.sandbox.launch import Launcher, Worker
 from etagent.tools.sandbox.worker import READY
 
+#: the longest a caller's blocking wait (for a worker, for a run's output) lasts before it looks up:
+#: the kernel may deliver Ctrl-C's SIGINT to one of the pool's threads, and Python acts on it only
+#: when the main thread runs Python code again (a 60 s wait would hide it for 60 s)
+SIGNAL_CHECK_S = 0.5
+
 log = logging.getLogger(__name__)
 
 #: consecutive failed starts after which callers get an error instead of waiting
@@ -101,7 +106,7 @@ class WorkerPool:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
-                self._cond.wait(remaining)
+                self._cond.wait(min(remaining, SIGNAL_CHECK_S))
         return True
 
     def acquire(self, timeout: float) -> Worker:
@@ -130,7 +135,7 @@ class WorkerPool:
                             f"no sandbox worker became ready within {timeout:g} s"
                             + (f"; last error: {self._last_error}" if self._last_error else "")
                         )
-                    self._cond.wait(remaining)
+                    self._cond.wait(min(remaining, SIGNAL_CHECK_S))
             finally:
                 self._waiters -= 1
 
@@ -369,7 +374,7 @@ def run_in_worker(worker: Worker, code: bytes, timeout_s: float, max_output_byte
             if remaining <= 0:
                 outcome.timed_out = True
                 break
-            for key, _ in sel.select(remaining):
+            for key, _ in sel.select(min(remaining, SIGNAL_CHECK_S)):
                 if key.fd == in_fd:
                     try:
                         sent += os.write(in_fd, view[sent : sent + READ_CHUNK])
