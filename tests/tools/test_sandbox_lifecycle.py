@@ -88,6 +88,8 @@ def test_ctrl_c_that_reaches_a_pool_thread_still_interrupts_a_call_at_once():
     hold Ctrl-C that long. The caller's waits look up every SIGNAL_CHECK_S."""
     import threading
 
+    # a test run started in the background of a non-interactive shell inherits SIGINT ignored
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     tool = make_tool(pool_size=1, timeout_s=30)
     try:
         assert tool.wait_warm(60)
@@ -99,6 +101,7 @@ def test_ctrl_c_that_reaches_a_pool_thread_still_interrupts_a_call_at_once():
         assert time.monotonic() - t0 < 5
     finally:
         tool.close()
+        signal.signal(signal.SIGINT, previous)
     assert sandbox_processes(tool.pool.marker) == []
 
 
@@ -187,7 +190,12 @@ def test_sandboxes_end_with_their_owner(tmp_path, mode, isolation, sig, delay):
     script = tmp_path / "owner.py"
     script.write_text(OWNER)
     proc = subprocess.Popen(
-        [sys.executable, str(script), mode, isolation], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO
+        [sys.executable, str(script), mode, isolation],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+        # SIGINT as in a terminal, even when the tests run in the background of a shell (ignored there)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         line = proc.stdout.readline().decode()
