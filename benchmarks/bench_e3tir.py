@@ -39,7 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from etagent.config import dump_config, load_config
+from etagent.config import deep_update, dump_config, load_config
 from etagent.demo import DemoConfig
 from etagent.eval.roi import cost_of_run, gain, relative_roi
 from etagent.eval.stage import run_eval
@@ -113,15 +113,6 @@ def quick_sizes() -> dict[str, Any]:
     }
 
 
-def _deep_update(dst: dict[str, Any], src: dict[str, Any]) -> dict[str, Any]:
-    for key, value in src.items():
-        if isinstance(value, dict) and isinstance(dst.get(key), dict):
-            _deep_update(dst[key], value)
-        else:
-            dst[key] = value
-    return dst
-
-
 def arm_config(warmup: str, seed: int, args: argparse.Namespace) -> DemoConfig:
     """The demo pipeline for one arm and seed: same stages and sizes as every other arm but the warm-up."""
     # a dict field is replaced, not laid over its default: keep the demo's oracle settings
@@ -147,12 +138,12 @@ def arm_config(warmup: str, seed: int, args: argparse.Namespace) -> DemoConfig:
     if args.threads:  # several seeds at once on a few cores: each process this many torch threads
         hf = {"backend": {"hf": {"threads": args.threads}}}
         for stage in ("cold_start_data", "flywheel", "eval"):
-            _deep_update(tree.setdefault(stage, {}), {"agent": hf})
-        _deep_update(tree, {"pareto": {"rollout": {"agent": hf}}})
+            deep_update(tree.setdefault(stage, {}), {"agent": hf})
+        deep_update(tree, {"pareto": {"rollout": {"agent": hf}}})
         for stage in ("cold_start_sft", "sft", "rl", "e3_warmup"):
             tree[stage]["threads"] = args.threads
     if args.quick:
-        _deep_update(tree, quick_sizes())
+        deep_update(tree, quick_sizes())
     return load_config(DemoConfig, base=tree)
 
 

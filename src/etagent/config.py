@@ -148,7 +148,7 @@ def load_config(
     tree: dict[str, Any] = dict(base or {})
     sources = []
     if path is not None:
-        _deep_update(tree, read_yaml(path))
+        deep_update(tree, read_yaml(path))
         sources.append(str(path))
     for item in overrides or []:
         keys, value = parse_override(item)
@@ -163,14 +163,15 @@ def load_config(
 
 def _deep_merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
-    _deep_update(out, over)
+    deep_update(out, over)
     return out
 
 
-def _deep_update(dst: dict[str, Any], src: dict[str, Any]) -> None:
+def deep_update(dst: dict[str, Any], src: dict[str, Any]) -> None:
+    """Lay ``src`` over ``dst`` in place: mappings merged key by key, anything else replaced."""
     for k, v in src.items():
         if isinstance(v, dict) and isinstance(dst.get(k), dict):
-            _deep_update(dst[k], v)
+            deep_update(dst[k], v)
         else:
             dst[k] = v
 

@@ -197,7 +197,7 @@ class Pipeline:
         if policy != start:
             models["rl"] = policy
             if not cfg.eval_warmup:
-                models = {label: m for label, m in models.items() if label not in ("sft", "e3")}
+                models.pop(cfg.warmup, None)  # the warm-up's model is labelled by its kind
         eval_dirs = []
         for label, model in models.items():
             ev = cfg.eval.model_copy(update={"agent": cfg.eval.agent.with_model(model)})

@@ -110,6 +110,11 @@ class PolicyRollout:
     def close(self) -> None:
         self.loop.close()  # and the tools it built
 
+    def samples(self, trajs: Sequence[Trajectory], eos_id: int) -> tuple[list[PolicySample], list[list[int]]]:
+        """The trainer's samples and their expert masks (none here: all 0; see the E3 warm-up)."""
+        samples = [to_policy_sample(t, eos_id) for t in trajs]
+        return samples, [[0] * len(s.completion_ids) for s in samples]
+
     def run(
         self, questions: Sequence[Question], seed: int, step: int = 1
     ) -> tuple[list[Trajectory], dict[str, Any]]:

@@ -48,8 +48,8 @@ from etagent.records import Question, Trajectory
 from etagent.rl.config import RLConfig
 from etagent.rl.e3.boundary import KnowledgeBoundary
 from etagent.rl.e3.experts import ExpertBank
-from etagent.rl.e3.rollout import E3Rollout, e3_policy_sample
-from etagent.rl.samples import PolicyRollout, batch_rewards, reward_metrics, split_groups, to_policy_sample
+from etagent.rl.e3.rollout import E3Rollout
+from etagent.rl.samples import PolicyRollout, batch_rewards, reward_metrics, split_groups
 from etagent.rl.weight_sync import ServerWeightSync, install_server_engine, server_root
 from etagent.scoring.correctness import AnswerCheck
 from etagent.tools.base import Tool
@@ -118,7 +118,7 @@ class RolloutFunc:
         self.questions = questions
         self.make_rollout = make_rollout  # trainer -> PolicyRollout, built on first use
         self.eos_id = eos_id
-        self.rollout: PolicyRollout | None = None
+        self.rollout: PolicyRollout | E3Rollout | None = None
         self.update: UpdateProgress | None = None  # with its TrainerCallback, made on first use
         self.progress_interval_s = LOG_INTERVAL_S
         #: the E3 warm-up's expert mask of each row last returned (all 0 without a warm-up)
@@ -166,12 +166,7 @@ class RolloutFunc:
             if hasattr(engine, "rollout_end"):
                 engine.rollout_end()
         self.update.begin(len(trajs), trainer.args.steps_per_generation)
-        if isinstance(self.rollout, E3Rollout):
-            pairs = [e3_policy_sample(t, self.eos_id) for t in trajs]
-            samples, self.expert_masks = [s for s, _ in pairs], [m for _, m in pairs]
-        else:
-            samples = [to_policy_sample(t, self.eos_id) for t in trajs]
-            self.expert_masks = [[0] * len(s.completion_ids) for s in samples]
+        samples, self.expert_masks = self.rollout.samples(trajs, self.eos_id)
         return {
             "prompt_ids": [s.prompt_ids for s in samples],
             "completion_ids": [s.completion_ids for s in samples],

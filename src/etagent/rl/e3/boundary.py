@@ -72,17 +72,20 @@ class KnowledgeBoundary:
         """Fold in one step's self-explored results of a question."""
         if not passed:
             return
-        m = self.cfg.pass_rate_momentum
-        rate = sum(passed) / len(passed)
-        self.pass_rates[question_id] = m * self.pass_rate(question_id) + (1 - m) * rate
+        self.pass_rates[question_id] = self._moved(self.pass_rate(question_id), passed)
 
     def update_overall(self, passed: list[bool]) -> None:
         """Fold in one step's self-explored results over all its questions."""
         if not passed:
             return
+        self.overall = (
+            sum(passed) / len(passed) if self.overall is None else self._moved(self.overall, passed)
+        )
+
+    def _moved(self, old: float, passed: list[bool]) -> float:
+        """The moving average ``old`` after one step's results."""
         m = self.cfg.pass_rate_momentum
-        rate = sum(passed) / len(passed)
-        self.overall = rate if self.overall is None else m * self.overall + (1 - m) * rate
+        return m * old + (1 - m) * sum(passed) / len(passed)
 
     def state_dict(self) -> dict[str, Any]:
         return {"pass_rates": dict(self.pass_rates), "overall": self.overall}

@@ -94,14 +94,12 @@ class E3Rollout:
         #: "<question id>#<expert index>" -> its model tokens, for every expert trajectory used so far
         #: (trained on or continued from): the expert data the warm-up cost, each trajectory once
         self.experts_used: dict[str, int] = {}
-        self._questions = 0  # questions of the step in progress
-        self.continued_tokens = 0  # tokens the policy wrote after expert prefixes this step
 
     def run(
         self, questions: Sequence[Question], seed: int, step: int = 1
     ) -> tuple[list[Trajectory], dict[str, Any]]:
         t0 = time.perf_counter()
-        self._questions = len(questions)
+        total = self.n * len(questions)
         rng = random.Random(seed)
         verified = self.experts.get(questions)
         plans: dict[str, GroupPlan] = {}
@@ -115,17 +113,19 @@ class E3Rollout:
                 q.id, step, len(anchors[q.id][1].tool_calls) if experts else None
             )
 
-        own, stats = self._self_explore(questions, plans, seed)
-        self.continued_tokens = 0
-        prefixes = self._continue_prefixes(questions, plans, anchors)
-        stats["generated_tokens"] += self.continued_tokens  # what the policy wrote after the prefixes
+        own, stats = self._self_explore(questions, plans, seed, total)
+        prefixes = self._continue_prefixes(questions, plans, anchors, total)
+        # and what the policy wrote after the prefixes
+        stats["generated_tokens"] += sum(
+            t.num_model_tokens - t.meta["e3"]["prefix_model_tokens"] for ts in prefixes.values() for t in ts
+        )
         groups: list[Trajectory] = []
         for q in questions:
             group = own[q.id] + prefixes.get(q.id, []) + self._guided(q, plans[q.id], verified[q.id], anchors)
             for k, t in enumerate(group):
                 t.sample_index = k
             groups += group
-        self._report(len(groups))
+        self._report(len(groups), total)
         stats = {
             **stats,
             **self._update_boundary(questions, groups, plans),
@@ -133,18 +133,23 @@ class E3Rollout:
         }
         return groups, stats
 
-    def _report(self, done: int) -> None:
-        """Keep the step's progress display on the whole step: each rollout call below sets its own
-        total and finished count (ARPO) or none (a continuation)."""
+    def _report(self, done: int, total: int) -> None:
+        """Keep the step's progress display on the whole step (``total`` trajectories): each rollout
+        call below sets its own total and finished count (ARPO) or none (a continuation)."""
         progress = self.loop.progress
         if progress is not None:
-            progress.total = self.n * self._questions
+            progress.total = total
             progress.set_finished(done)
+
+    def samples(self, trajs: Sequence[Trajectory], eos_id: int) -> tuple[list[PolicySample], list[list[int]]]:
+        """The trainer's samples and their expert masks (:func:`e3_policy_sample`)."""
+        pairs = [e3_policy_sample(t, eos_id) for t in trajs]
+        return [sample for sample, _ in pairs], [mask for _, mask in pairs]
 
     # -- the three kinds -----------------------------------------------------------------------
 
     def _self_explore(
-        self, questions: Sequence[Question], plans: dict[str, GroupPlan], seed: int
+        self, questions: Sequence[Question], plans: dict[str, GroupPlan], seed: int, total: int
     ) -> tuple[dict[str, list[Trajectory]], dict[str, Any]]:
         """Each question's self-explored trajectories; one rollout call per group size."""
         by_size: dict[int, list[Question]] = {}
@@ -175,7 +180,7 @@ class E3Rollout:
             for t in trajs:
                 t.meta["e3"] = {"kind": "self"}
                 out.setdefault(t.question_id, []).append(t)
-            self._report(sum(len(v) for v in out.values()))
+            self._report(sum(len(v) for v in out.values()), total)
         own = sum(len(v) for v in out.values())
         stats: dict[str, Any] = {
             "generated_tokens": merged["generated_tokens"],
@@ -193,6 +198,7 @@ class E3Rollout:
         questions: Sequence[Question],
         plans: dict[str, GroupPlan],
         anchors: dict[str, tuple[int, Trajectory]],
+        total: int,
     ) -> dict[str, list[Trajectory]]:
         """``plan.prefix`` continuations of each question's anchor, all in one batched call."""
         partials: list[Trajectory] = []
@@ -216,9 +222,8 @@ class E3Rollout:
             self.experts_used[f"{q.id}#{index}"] = expert.num_model_tokens
             partials += [partial] * plan.prefix
         out: dict[str, list[Trajectory]] = {}
-        self._report(sum(p.self_explored for p in plans.values()))
+        self._report(sum(p.self_explored for p in plans.values()), total)
         for t in self.loop.continue_run(partials) if partials else []:
-            self.continued_tokens += t.num_model_tokens - t.meta["e3"]["prefix_model_tokens"]
             out.setdefault(t.question_id, []).append(t)
         return out
 
