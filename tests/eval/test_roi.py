@@ -9,6 +9,7 @@ import pytest
 
 from etagent.eval import roi
 from etagent.eval.roi import TrainingCost, cost_of_run, gain, relative_roi
+from etagent.records import Question, Segment, Trajectory
 
 
 def _write_jsonl(path, rows):
@@ -22,8 +23,14 @@ def _write_json(path, obj):
 
 
 def _traj(*segments):
-    """A trajectory dict: segments given as (role, token ids)."""
-    return {"segments": [{"role": role, "text": "", "token_ids": list(ids)} for role, ids in segments]}
+    """A trajectory record (as JSON): segments given as (role, token ids)."""
+    return Trajectory(
+        question_id="q",
+        question=Question(id="q", question="Q?", answer="A"),
+        prompt_text="",
+        prompt_ids=[],
+        segments=[Segment(role=role, text="", token_ids=list(ids)) for role, ids in segments],
+    ).model_dump(mode="json")
 
 
 def _entry(entry_id, traj, parent=None):

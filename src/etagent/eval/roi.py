@@ -48,25 +48,26 @@ Evaluation is not part of the cost.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# the file and directory names a pipeline run writes (etagent.pipeline, etagent.flywheel.export.SFT_FILE,
-# etagent.flywheel.stage.BUFFERS, etagent.pareto.stage.GROUPS, etagent.rl.trl_engine, etagent.train.sft);
-# repeated here so that reading a run directory does not import the trainers
+from etagent.io import iter_jsonl, read_records
+from etagent.records import Trajectory
+from etagent.report.loader import PIPELINE_PARETO_GLOB as PARETO_GLOB
+from etagent.report.loader import PIPELINE_RL_GLOB as RL_GLOB
+from etagent.report.loader import PIPELINE_WARMUP_RL as E3_WARMUP
+from etagent.report.loader import RL_SUMMARY, RL_TRAIN_LOG
+
+# the other file and directory names a pipeline run writes (etagent.pipeline,
+# etagent.flywheel.export.SFT_FILE, etagent.flywheel.stage.BUFFERS, etagent.pareto.stage.GROUPS,
+# etagent.train.sft); repeated here so that reading a run directory does not import the trainers
 COLD_START_DATA = "01-cold-start-data"
-E3_WARMUP = "02-e3-warmup"
 SFT_STAGES = ("02-cold-start-sft", "04-sft")
 FLYWHEEL = "03-flywheel"
-PARETO_GLOB = "05-pareto-*"
-RL_GLOB = "06-rl-*"
 SFT_FILE = "sft.jsonl"
 BUFFERS = "buffers.jsonl"
 GROUPS = "groups.jsonl"
-RL_TRAIN_LOG = "train_log.jsonl"
-RL_SUMMARY = "rl_summary.json"
 SFT_SUMMARY = "sft_summary.json"
 
 #: forward + backward of a trained token, in forwards
@@ -128,63 +129,47 @@ def relative_roi(gain: float, cost: TrainingCost, ref_gain: float, ref_cost: Tra
 # reading a pipeline run directory
 
 
-def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
+def _rows(path: Path) -> list[dict[str, Any]]:
+    return [obj for _, obj in iter_jsonl(path)]
 
 
-def _model_tokens(traj: dict[str, Any], skip: int = 0) -> int:
-    """Model-written tokens of a trajectory (``Trajectory.num_model_tokens``) after its first
-    ``skip`` response tokens."""
-    pos = total = 0
-    for seg in traj.get("segments", ()):
-        n = len(seg.get("token_ids", ()))
-        if seg.get("role") == "model":
-            total += max(0, pos + n - max(pos, skip))
-        pos += n
-    return total
+def _shared_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the token prefix ``a`` and ``b`` share."""
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
-def _response_ids(traj: dict[str, Any]) -> list[int]:
-    return [t for seg in traj.get("segments", ()) for t in seg.get("token_ids", ())]
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
+def _model_tokens_after(traj: Trajectory, skip: int = 0) -> int:
+    """Model-written tokens of a trajectory after its first ``skip`` response tokens."""
+    return sum(traj.response_mask[skip:])
 
 
 def flywheel_generated_tokens(buffers: Path) -> int:
     """Policy tokens of a flywheel's buffers: each entry's model tokens after the prefix it shares
     with its parent entry (an edit continues the parent's trajectory)."""
     total = 0
-    for record in _jsonl(buffers):
+    for record in _rows(buffers):
         by_id = {e["id"]: e for e in record.get("entries", ())}
         for entry in by_id.values():
+            traj = Trajectory.model_validate(entry["trajectory"])
             parent = by_id.get(entry.get("parent")) if entry.get("parent") else None
             skip = 0
             if parent is not None:
-                skip = _common_prefix(_response_ids(parent["trajectory"]), _response_ids(entry["trajectory"]))
-            total += _model_tokens(entry["trajectory"], skip)
+                parent_ids = Trajectory.model_validate(parent["trajectory"]).response_ids
+                skip = _shared_prefix(parent_ids, traj.response_ids)
+            total += _model_tokens_after(traj, skip)
     return total
 
 
 def _expert_export(stage_dir: Path) -> tuple[int, int]:
     """(trajectories, model tokens) of the cold start's exported expert trajectories."""
-    ids = [row["id"] for row in _jsonl(stage_dir / SFT_FILE)]
+    ids = [row["id"] for row in _rows(stage_dir / SFT_FILE)]
     tokens = 0
     if (stage_dir / BUFFERS).is_file():
         wanted = set(ids)
-        for record in _jsonl(stage_dir / BUFFERS):
+        for record in _rows(stage_dir / BUFFERS):
             for entry in record.get("entries", ()):
                 if entry["id"] in wanted:
-                    tokens += _model_tokens(entry["trajectory"])
+                    tokens += Trajectory.model_validate(entry["trajectory"]).num_model_tokens
     return len(ids), tokens
 
 
@@ -206,7 +191,7 @@ def rl_tokens(train_log: Path) -> tuple[int, int]:
     """(generated tokens, trained tokens) of an RL run's ``train_log.jsonl``."""
     generated: dict[int, float] = {}
     trained = 0.0
-    for row in _jsonl(train_log):
+    for row in _rows(train_log):
         step = int(row.get("rollout_step") or row.get("step") or 0)
         if row.get("generated_tokens") is not None:  # logged with each rollout step's rewards
             generated[step] = max(generated.get(step, 0.0), float(row["generated_tokens"]))
@@ -239,7 +224,7 @@ def cost_of_run(run_dir: Path) -> TrainingCost:
 
     for pareto in sorted(run_dir.glob(PARETO_GLOB)):
         if (pareto / GROUPS).is_file():
-            generated += sum(_model_tokens(t) for t in _jsonl(pareto / GROUPS))
+            generated += sum(t.num_model_tokens for t in read_records(pareto / GROUPS, Trajectory))
     for rl_dir in [run_dir / E3_WARMUP, *sorted(run_dir.glob(RL_GLOB))]:
         if (rl_dir / RL_TRAIN_LOG).is_file():
             g, t = rl_tokens(rl_dir / RL_TRAIN_LOG)
