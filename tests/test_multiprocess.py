@@ -96,6 +96,34 @@ def test_rl_on_two_processes_is_one_job_and_resumes(tmp_path, tiny_model_path):
     assert summary["steps"] == 3 and summary["resumed_from"].endswith("checkpoint-2")
 
 
+def test_the_e3_warmup_on_two_processes(tmp_path, tiny_model_path):
+    """Each process samples and caches its own questions' experts and saves its own knowledge
+    boundary; the mixed objective's metrics reduce across both (one log line per step, equal weights)."""
+    run_dir = tmp_path / "e3"
+    _etagent(
+        "rl", "--model", str(tiny_model_path), "--run-dir", str(run_dir), "--max-steps", "2",
+        "--set", "threads=1", "--set", "logging.report_to=none", "--set", "data=toolworld:train",
+        "--set", "limit=4", "--set", "agent.tools.enabled=[search, python]",
+        "--set", "agent.tools.search.top_k=1", "--set", "agent.tools.search.max_doc_chars=160",
+        "--set", "agent.budget.max_new_tokens_per_call=200", "--set", "agent.budget.max_response_tokens=360",
+        "--set", "warmup.method=e3", "--set", "warmup.max_expert_share=1.0", "--set", "warmup.min_self=1",
+        "--set", "warmup.prefix_share=0",  # the expert slot holds a whole expert trajectory
+        "--set", "use_arpo=false", "--set", "num_generations=2", "--set", "arpo.n=2",
+        "--set", "arpo.initial_rollouts=1", "--set", "questions_per_step=2", "--set", "micro_batch_size=2",
+        "--set", "save_steps=1",
+        processes=2,
+    )  # fmt: skip
+    lines = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2] and [r.get("ranks_agree") for r in lines] == [True, True]
+    # per process (logged as the mean of the two): 1 self-explored, 1 expert-guided trajectory
+    assert (lines[0]["e3/self"], lines[0]["e3/guided"], lines[0]["e3/guidance"]) == (1, 1, 1)
+    assert lines[0]["e3/expert_token_share"] > 0 and lines[1]["e3/expert_token_share"] == 0
+    for rank in (0, 1):  # one question per process and step
+        assert (run_dir / f"e3_experts.rank{rank}.jsonl").read_text().strip()
+        assert (run_dir / "checkpoints" / "checkpoint-2" / f"e3_state.rank{rank}.json").is_file()
+    _complete(run_dir / "model")
+
+
 def test_a_job_of_several_processes_needs_one_run_directory(monkeypatch):
     from etagent.config import ConfigError
     from etagent.rundir import new_run_dir
