@@ -1,17 +1,23 @@
-"""The calibration experiment (issue 5): fine-tuned only vs GRPO with sigma 0 vs full ET-Agent.
+"""The calibration experiment (issue 5): fine-tuned only vs GRPO with sigma 0 vs full ET-Agent, over seeds.
 
-Starting from one fine-tuned model (e.g. a demo run's ``04-sft/model``), trains two RL policies on
-the same Pareto-selected questions, one with the correctness-only reward (sigma_tool =
-sigma_length = 0, the released scripts) and one with the full ET-Agent reward (0.2 / 0.5), then
-evaluates the three models on the tool world's test split and prints them side by side:
-correctness, Effi, redundant-call and insufficient-call rates, and model tokens. The method
-claims higher Effi and fewer redundant calls at no loss of correctness; this prints what it
-measures. Every stage resumes from ``--out``.
+Per seed N, in ``--out/seed<N>``: the demo's supervised warm-up (cold start, flywheel, SFT; every
+stage seeded with N, etagent.demo.seeded_demo_config) makes the fine-tuned model; the Pareto stage
+samples ``--pool`` training questions with it and selects the RL questions; two RL policies are
+trained from it on them with the same seed, one with the correctness-only reward (sigma_tool =
+sigma_length = 0, the released scripts) and one with the full ET-Agent reward (0.2 / 0.5); the
+three models are evaluated greedily on the tool world's test split. The method claims higher Effi
+and fewer redundant calls at no loss of correctness; this prints what it measures:
 
-    .venv/bin/python benchmarks/bench_calibration.py --sft runs/demo-.../04-sft/model
+(a) per model, the mean over seeds of correctness, Effi, redundant- and insufficient-call rates,
+calls and model tokens, with 95% t-intervals across seeds (etagent.eval.seeds);
+(b) ET-Agent - GRPO sigma 0 and ET-Agent - fine-tuned only per question, pooled over seeds, with
+95% paired-bootstrap intervals.
 
-Without ``--questions`` it first runs the Pareto stage with the fine-tuned model on ``--pool``
-training questions (the demo's sampling settings, a larger budget) and trains on its first stage.
+Every stage resumes from ``--out``. ``--sft MODEL`` starts every seed from one given fine-tuned
+model instead (no warm-up per seed: only RL's randomness varies).
+
+    .venv/bin/python benchmarks/bench_calibration.py --seeds 0 1 2 --out runs/calibration   # CPU: hours
+    .venv/bin/python benchmarks/bench_calibration.py --sft runs/demo-.../04-sft/model --seeds 0
 """
 
 from __future__ import annotations
@@ -22,12 +28,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch (docs/cpu.md
 
 import argparse
 import json
-import random
+import time
 from pathlib import Path
+from typing import Any
 
-from etagent.demo import DemoConfig
+from etagent.demo import DemoConfig, seeded_demo_config
+from etagent.eval.seeds import across_seeds, paired_differences, read_scores
 from etagent.eval.stage import EvalDataset, run_eval
 from etagent.pareto.stage import run_pareto
+from etagent.pipeline import run_pipeline
 from etagent.rl.trl_engine import run_rl
 
 ROWS = (
@@ -41,90 +50,127 @@ ROWS = (
 )
 
 
-# per-question values behind the paired comparison (one greedy trajectory per question)
-PAIRED = (
-    ("correctness (F1)", lambda r: r["correctness"]),
-    ("Effi", lambda r: r["effi"] or 0.0),
-    ("redundant-call rate", lambda r: float(r["redundant_calls"] > 0)),
-    ("insufficient-call rate", lambda r: float(r["missing_calls"] > 0)),
-    ("model tokens", lambda r: float(r["model_tokens"])),
-)
+MODELS = ("fine-tuned only", "GRPO sigma 0", "ET-Agent")
+#: RL policy -> (sigma_tool, sigma_length)
+REWARDS = {"GRPO sigma 0": (0.0, 0.0), "ET-Agent": (0.2, 0.5)}
+PAIRS = (("ET-Agent", "GRPO sigma 0"), ("ET-Agent", "fine-tuned only"))
 
 
-def paired_differences(a: Path, b: Path, resamples: int = 2000) -> None:
-    """Mean per-question difference a - b of each metric with a 95% paired-bootstrap interval:
-    on 64 questions a rate moves by 1/64 per question, so the table alone hides the noise."""
-    runs = [{r["question_id"]: r for r in map(json.loads, path.open())} for path in (a, b)]
-    ids = sorted(set(runs[0]) & set(runs[1]))
-    rng = random.Random(0)
-    for label, value in PAIRED:
-        diffs = [value(runs[0][i]) - value(runs[1][i]) for i in ids]
-        means = sorted(sum(rng.choice(diffs) for _ in diffs) / len(diffs) for _ in range(resamples))
-        lo, hi = means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]
-        print(f"{label:26}{sum(diffs) / len(diffs):+10.3f}   [{lo:+.3f}, {hi:+.3f}]")
+def slug(name: str) -> str:
+    return name.replace(" ", "-")
+
+
+def fine_tuned(seed: int, args: argparse.Namespace, demo: DemoConfig, out: Path) -> tuple[str, Path]:
+    """The seed's fine-tuned model and its eval directory: the demo's supervised warm-up seeded
+    with ``seed`` (evaluated on the test split by the same pipeline), or ``--sft``."""
+    if args.sft:
+        return args.sft, out / f"eval-{args.limit}" / slug(MODELS[0])
+    run_pipeline(demo, out / "warmup")
+    return str(out / "warmup" / "04-sft" / demo.sft.output), out / "warmup" / "07-eval" / "sft"
+
+
+def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Path]:
+    """Every stage of one seed (each resumes); the eval directory of each of :data:`MODELS`."""
+    out = Path(args.out) / f"seed{seed}"
+    eval_split = {"datasets": [{"data": "toolworld:test", "limit": args.limit}]}
+    # curriculum_stages 0: the pipeline stops after the warm-up and evaluates its model
+    demo = seeded_demo_config(
+        seed, args.threads, {"curriculum_stages": 0, "eval_base": False, "eval": eval_split}
+    )
+    sft, sft_eval = fine_tuned(seed, args, demo, out)
+
+    questions = args.questions
+    if questions is None:
+        pareto = demo.pareto.model_copy(deep=True)
+        pareto.rollout.agent = pareto.rollout.agent.with_model(sft)
+        pareto.rollout.limit = args.pool
+        pareto.selection.budget = args.pool // 2
+        summary = run_pareto(pareto, out / "pareto")
+        questions = str(out / "pareto" / summary["stages"][0])
+        print(f"seed {seed} pareto: {summary['selected']} of {args.pool} questions selected -> {questions}")
+
+    models = {MODELS[0]: sft}
+    for name, (sigma_tool, sigma_length) in REWARDS.items():
+        rl = demo.rl.model_copy(deep=True)
+        rl.agent = rl.agent.with_model(sft)
+        # the stage file holds tool-world questions
+        rl.data, rl.task, rl.max_steps, rl.learning_rate = questions, "toolworld", args.steps, args.lr
+        rl.reward.sigma_tool, rl.reward.sigma_length = sigma_tool, sigma_length
+        run_dir = out / slug(name)
+        if not (run_dir / "model" / "config.json").exists():
+            run_rl(rl, run_dir)
+        models[name] = str(run_dir / "model")
+
+    eval_dirs = {MODELS[0]: sft_eval}
+    for name, model in models.items():
+        eval_dir = eval_dirs.setdefault(name, out / f"eval-{args.limit}" / slug(name))
+        if not (eval_dir / "metrics.json").is_file():
+            ev = demo.eval.model_copy(deep=True)
+            ev.datasets = [EvalDataset(data="toolworld:test", limit=args.limit)]
+            ev.agent = ev.agent.with_model(model)
+            run_eval(ev, eval_dir)
+    return eval_dirs
+
+
+def dataset_metrics(eval_dir: Path) -> dict[str, Any]:
+    metrics = json.loads((eval_dir / "metrics.json").read_text(encoding="utf-8"))
+    return next(iter(metrics["datasets"].values()))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sft", required=True, help="the fine-tuned model directory all runs start from")
-    ap.add_argument("--questions", help="RL questions (a Pareto stage file); default: run the Pareto stage")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--sft", help="start every seed from this fine-tuned model (default: a warm-up per seed)")
+    ap.add_argument(
+        "--questions", help="RL questions (a Pareto stage file); default: a Pareto stage per seed"
+    )
     ap.add_argument("--pool", type=int, default=32, help="training questions the Pareto stage samples")
     ap.add_argument("--out", default="runs/calibration", help="output directory (resumable)")
     ap.add_argument("--steps", type=int, default=12, help="RL steps per policy")
     ap.add_argument("--lr", type=float, default=1e-5, help="RL learning rate")
     ap.add_argument("--limit", type=int, default=128, help="test-split questions evaluated (128: all)")
-    args = ap.parse_args()
-    out = Path(args.out)
-    demo = DemoConfig()
-
-    questions = args.questions
-    if questions is None:
-        pareto = demo.pareto.model_copy(deep=True)
-        pareto.rollout.agent = pareto.rollout.agent.with_model(args.sft)
-        pareto.rollout.limit = args.pool
-        pareto.selection.budget = args.pool // 2
-        summary = run_pareto(pareto, out / "pareto")
-        questions = str(out / "pareto" / summary["stages"][0])
-        print(f"pareto: {summary['selected']} of {args.pool} questions selected -> {questions}")
-
-    models = {"fine-tuned only": args.sft}
-    for name, sigma_tool, sigma_length in (("GRPO sigma 0", 0.0, 0.0), ("ET-Agent", 0.2, 0.5)):
-        rl = demo.rl.model_copy(deep=True)
-        rl.agent = rl.agent.with_model(args.sft)
-        # the stage file holds tool-world questions
-        rl.data, rl.task, rl.max_steps, rl.learning_rate = questions, "toolworld", args.steps, args.lr
-        rl.reward.sigma_tool, rl.reward.sigma_length = sigma_tool, sigma_length
-        run_dir = out / name.replace(" ", "-")
-        if not (run_dir / "model" / "config.json").exists():
-            run_rl(rl, run_dir)
-        models[name] = str(run_dir / "model")
-
-    metrics = {}
-    for name, model in models.items():
-        ev = demo.eval.model_copy(deep=True)
-        ev.datasets = [EvalDataset(data="toolworld:test", limit=args.limit)]
-        ev.agent = ev.agent.with_model(model)
-        eval_dir = out / f"eval-{args.limit}" / name.replace(" ", "-")
-        done = eval_dir / "metrics.json"
-        metrics[name] = json.loads(done.read_text()) if done.exists() else run_eval(ev, eval_dir)
-
-    width = max(len(n) for n in models) + 2
-    print(
-        f"tool world test split, {args.limit} questions, greedy; RL: {args.steps} steps at lr {args.lr} "
-        f"from {args.sft} on {questions}"
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads per stage (0: all cores); 1 to run seeds in parallel",
     )
-    print(f"{'':26}" + "".join(f"{n:>{width}}" for n in models))
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    runs = {}
+    for seed in args.seeds:
+        print(
+            f"[{time.perf_counter() - t0:6.0f} s] seed {seed} -> {Path(args.out) / f'seed{seed}'}", flush=True
+        )
+        runs[seed] = run_seed(seed, args)
+
+    start = f"from {args.sft}" if args.sft else "from each seed's own cold start + flywheel + SFT"
+    print(
+        f"\ntool world test split, {args.limit} questions, greedy; RL: {args.steps} steps at lr {args.lr} "
+        f"{start}; seeds {args.seeds}"
+    )
+    print("(a) per model, mean [95% t-interval] over seeds")
+    width = 28
+    print(f"{'':26}" + "".join(f"{n:>{width}}" for n in MODELS))
     for label, key in ROWS:
         cells = []
-        for name in models:
-            value = metrics[name]["datasets"]["toolworld-test"].get(key)
-            cells.append(f"{'-' if value is None else f'{value:.3f}':>{width}}")
+        for name in MODELS:
+            values = [
+                v for v in (dataset_metrics(runs[s][name]).get(key) for s in args.seeds) if v is not None
+            ]
+            cells.append(f"{across_seeds(values).format(3) if values else '-':>{width}}")
         print(f"{label:26}" + "".join(cells))
-    for first, second in (("ET-Agent", "GRPO sigma 0"), ("ET-Agent", "fine-tuned only")):
-        print(f"\n{first} - {second}, per question, mean and 95% paired-bootstrap interval:")
-        paired_differences(
-            *(out / f"eval-{args.limit}" / n.replace(" ", "-") / "scores.jsonl" for n in (first, second))
+    for first, second in PAIRS:
+        print(
+            f"\n(b) {first} - {second}, per question, mean and 95% paired-bootstrap interval pooled over seeds:"
         )
+        rows = paired_differences(
+            [read_scores(runs[s][first]) for s in args.seeds],
+            [read_scores(runs[s][second]) for s in args.seeds],
+        )
+        for label, estimate in rows.items():
+            print(f"  {label:26}{estimate.format(signed=True):>28}")
+    print(f"\n{time.perf_counter() - t0:.0f} s")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ the final model on the tool world's test split. Every stage's seed comes from N 
 E3 warm-up, the flywheel, the cold start's and E3's scripted expert, Pareto sampling and
 selection). The base model is evaluated once, in ``--out/base-eval``. Runs resume stage by stage.
 
-Printed: (a) per arm the mean over seeds with a 95% t-interval (3+ seeds; else min..max) of
+Printed: (a) per arm the mean over seeds with a 95% t-interval (etagent.eval.seeds) of
 correctness (F1), Effi, the redundant- and insufficient-call rates, the expert trajectories used,
 compute (etagent.eval.roi: generated + 3 x trained tokens) and the ROI relative to SFT-then-RL
 (per seed, then the mean); (b) per-question differences E3-TIR - SFT-then-RL and E3-TIR - zero-RL
@@ -30,18 +30,16 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch (docs/cpu.md
 import argparse
 import json
 import logging
-import math
-import random
-import statistics
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from etagent.config import deep_update, dump_config, load_config
-from etagent.demo import DemoConfig
+from etagent.config import deep_update, dump_config
+from etagent.demo import DemoConfig, seeded_demo_config
 from etagent.eval.roi import cost_of_run, gain, relative_roi
+from etagent.eval.seeds import across_seeds, paired_differences, read_scores
 from etagent.eval.stage import run_eval
 from etagent.io import file_lock
 from etagent.pipeline import run_pipeline
@@ -58,18 +56,6 @@ METRICS = (
     ("redundant-call rate", "redundant_call_rate"),
     ("insufficient-call rate", "insufficient_call_rate"),
 )
-
-# per-question values behind the paired comparison (one greedy trajectory per question)
-PAIRED: tuple[tuple[str, Callable[[dict[str, Any]], float]], ...] = (
-    ("correctness (F1)", lambda r: r["correctness"]),
-    ("Effi", lambda r: r["effi"] or 0.0),
-    ("redundant-call rate", lambda r: float(r["redundant_calls"] > 0)),
-    ("insufficient-call rate", lambda r: float(r["missing_calls"] > 0)),
-    ("model tokens", lambda r: float(r["model_tokens"])),
-)
-
-# two-sided 95% Student t quantiles by degrees of freedom
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 _QUICK_BUDGET = {"max_tool_calls": 2, "max_new_tokens_per_call": 16, "max_response_tokens": 48}
 
@@ -115,36 +101,17 @@ def quick_sizes() -> dict[str, Any]:
 
 def arm_config(warmup: str, seed: int, args: argparse.Namespace) -> DemoConfig:
     """The demo pipeline for one arm and seed: same stages and sizes as every other arm but the warm-up."""
-    # a dict field is replaced, not laid over its default: keep the demo's oracle settings
-    # (redundant / missing rates) and add the seed
-    demo = DemoConfig()
-    cold_expert = {**demo.cold_start_data.cold_start.expert, "seed": seed}
-    e3_oracle = {**demo.e3_warmup.warmup.expert.oracle, "seed": seed} if demo.e3_warmup.warmup else {}
-    tree: dict[str, Any] = {
+    overrides: dict[str, Any] = {
         "base_model": args.model,
         "warmup": warmup,
         "curriculum_stages": 1,
         "eval_base": False,
-        "cold_start_data": {"seed": seed, "cold_start": {"expert": cold_expert}},
-        "cold_start_sft": {"seed": seed},
-        "flywheel": {"seed": seed},
-        "sft": {"seed": seed},
-        "e3_warmup": {"seed": seed, "warmup": {"expert": {"oracle": e3_oracle}}},
-        "pareto": {"rollout": {"agent": {"sampling": {"seed": seed}}}, "selection": {"seed": seed}},
-        "rl": {"seed": seed},  # its sampling seed stays unset: the trainer seeds (etagent.rl.trl_engine)
         "eval_warmup": False,  # only the final model is compared
         "eval": {"datasets": [{"data": "toolworld:test", "limit": args.limit}]},
     }
-    if args.threads:  # several seeds at once on a few cores: each process this many torch threads
-        hf = {"backend": {"hf": {"threads": args.threads}}}
-        for stage in ("cold_start_data", "flywheel", "eval"):
-            deep_update(tree.setdefault(stage, {}), {"agent": hf})
-        deep_update(tree, {"pareto": {"rollout": {"agent": hf}}})
-        for stage in ("cold_start_sft", "sft", "rl", "e3_warmup"):
-            tree[stage]["threads"] = args.threads
     if args.quick:
-        deep_update(tree, quick_sizes())
-    return load_config(DemoConfig, base=tree)
+        deep_update(overrides, quick_sizes())
+    return seeded_demo_config(seed, args.threads, overrides)
 
 
 def final_eval(run: Path, warmup: str, base_eval: Path) -> tuple[Path, str]:
@@ -161,46 +128,17 @@ def dataset_metrics(eval_dir: Path) -> dict[str, Any]:
     return next(iter(metrics["datasets"].values()))
 
 
-def scores(eval_dir: Path) -> dict[str, dict[str, Any]]:
-    rows = (json.loads(line) for line in (eval_dir / "scores.jsonl").open(encoding="utf-8") if line.strip())
-    return {r["question_id"]: r for r in rows}
-
-
-def interval(values: list[float], digits: int = 3) -> str:
-    """Mean and, over seeds, a 95% t-interval (3+ values) or min..max."""
-    if not values:
-        return "-"
-    mean = statistics.fmean(values)
-    if len(values) >= 3:
-        half = _T975.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
-        return f"{mean:.{digits}f} ±{half:.{digits}f}"
-    if len(values) == 2:
-        return f"{mean:.{digits}f} [{min(values):.{digits}f}..{max(values):.{digits}f}]"
-    return f"{mean:.{digits}f}"
-
-
-def paired_bootstrap(diffs: list[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean of per-question differences and its 95% bootstrap interval (questions resampled)."""
-    rng = random.Random(seed)
-    n = len(diffs)
-    means = sorted(sum(rng.choice(diffs) for _ in range(n)) / n for _ in range(resamples))
-    return sum(diffs) / n, means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]
-
-
-def pooled_differences(runs_a: list[dict[str, dict]], runs_b: list[dict[str, dict]]) -> None:
+def pooled_differences(scores_a: list[dict[str, dict]], scores_b: list[dict[str, dict]]) -> None:
     """a - b per question: each question's difference averaged over the seeds, then bootstrapped."""
-    ids = sorted(set.intersection(*(set(r) for r in runs_a + runs_b)))
-    if not ids:
-        print("  no question evaluated in every run")
+    try:
+        rows = paired_differences(scores_a, scores_b)
+    except ValueError as e:
+        print(f"  {e}")
         return
-    print(f"  {len(ids)} questions x {len(runs_a)} seeds")
-    for label, value in PAIRED:
-        diffs = [
-            statistics.fmean(value(a[i]) - value(b[i]) for a, b in zip(runs_a, runs_b, strict=True))
-            for i in ids
-        ]
-        mean, lo, hi = paired_bootstrap(diffs)
-        print(f"  {label:26}{mean:+10.3f}   [{lo:+.3f}, {hi:+.3f}]")
+    n = next(iter(rows.values())).n
+    print(f"  {n} questions x {len(scores_a)} seeds")
+    for label, estimate in rows.items():
+        print(f"  {label:26}{estimate.format(signed=True):>28}")
 
 
 def main() -> None:
@@ -259,15 +197,14 @@ def main() -> None:
                 )
             results[arm][seed] = {
                 "metrics": dataset_metrics(eval_dir),
-                "scores": scores(eval_dir),
+                "scores": read_scores(eval_dir),
                 "cost": cost_of_run(run),
             }
     print(
         f"\ntool world test split, {args.limit} questions, greedy; base model {args.model} "
         f"(correctness {base_score:.3f}); seeds {args.seeds}; {'QUICK sizes' if args.quick else 'demo sizes'}"
     )
-    spread = "mean ±95% t-interval" if len(args.seeds) >= 3 else "mean [min..max]"
-    print(f"(a) per arm, {spread} over seeds")
+    print("(a) per arm, mean [95% t-interval] over seeds")
     width = 30
     print(f"{'':26}" + "".join(f"{arm:>{width}}" for arm in args.arms))
     # (label, value of one seed's result, decimals)
@@ -298,7 +235,7 @@ def main() -> None:
         cells = []
         for arm in args.arms:
             values = [v for v in (get(r) for r in results[arm].values()) if v is not None]
-            cells.append(f"{interval(values, digits):>{width}}")
+            cells.append(f"{across_seeds(values).format(digits) if values else '-':>{width}}")
         print(f"{label:26}" + "".join(cells))
     errors = {r["roi_error"] for arm in args.arms for r in results[arm].values() if "roi_error" in r}
     for error in sorted(errors):

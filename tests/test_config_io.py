@@ -187,3 +187,17 @@ def test_checking_a_config_does_not_load_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+def test_a_partial_section_keeps_every_field_of_the_default_nested_configs():
+    """The demo's flywheel sets continuation_budget=BudgetConfig(max_tool_calls=4, ...), leaving
+    max_calls_per_tool at BudgetConfig's 6; setting only the flywheel's seed must not swap it for
+    the flywheel field's own default budget (10 calls per tool)."""
+    from etagent.demo import DemoConfig
+
+    default = DemoConfig().flywheel
+    seeded = load_config(DemoConfig, None, ["flywheel.seed=3"]).flywheel
+    assert seeded.seed == 3
+    assert seeded.continuation_budget == default.continuation_budget
+    assert seeded.continuation_budget.max_calls_per_tool == 6
+    assert seeded.model_dump(exclude={"seed"}) == default.model_dump(exclude={"seed"})

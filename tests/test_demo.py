@@ -31,7 +31,11 @@ def test_demo_agents_keep_their_measured_settings():
     budget = (4, 160, 1024)
 
     def limits(agent):
-        return agent.budget.max_tool_calls, agent.budget.max_new_tokens_per_call, agent.budget.max_response_tokens
+        return (
+            agent.budget.max_tool_calls,
+            agent.budget.max_new_tokens_per_call,
+            agent.budget.max_response_tokens,
+        )
 
     assert limits(cfg.flywheel.agent) == limits(cfg.pareto.rollout.agent) == limits(cfg.eval.agent) == budget
     assert limits(cfg.rl.agent) == budget and cfg.rl.agent.budget.on_budget == "stop"
@@ -58,3 +62,47 @@ def test_demo_and_pipeline_drop_checkpoints_of_finished_stages_by_default():
         overridden = cls.model_validate({"rl": {"max_steps": 5}})
         assert overridden.rl.max_steps == 5 and not overridden.rl.keep_checkpoints
     assert not load_config(DemoConfig, None, ["rl.learning_rate=1e-4"]).rl.keep_checkpoints
+
+
+def test_seeded_demo_config_seeds_every_random_stage_and_keeps_the_rest():
+    """A comparison over seeds (benchmarks/bench_e3tir.py, bench_calibration.py) repeats whole
+    runs: each seed must reach every stage that samples, and change nothing else."""
+    from etagent.demo import seeded_demo_config
+
+    seed_paths = (
+        ("cold_start_data", "seed"),
+        ("cold_start_data", "cold_start", "expert", "seed"),
+        ("cold_start_sft", "seed"),
+        ("flywheel", "seed"),
+        ("sft", "seed"),
+        ("e3_warmup", "seed"),
+        ("e3_warmup", "warmup", "expert", "oracle", "seed"),
+        ("pareto", "rollout", "agent", "sampling", "seed"),
+        ("pareto", "selection", "seed"),
+        ("rl", "seed"),
+    )
+
+    def at(tree, path):
+        for key in path[:-1]:
+            tree = tree[key]
+        return tree, path[-1]
+
+    default = DemoConfig().model_dump()
+    for seed in (1, 2):
+        dumped = seeded_demo_config(seed).model_dump()
+        for path in seed_paths:
+            node, key = at(dumped, path)
+            assert node[key] == seed, path
+            base_node, _ = at(default, path)
+            if key in base_node:
+                node[key] = base_node[key]
+            else:  # a seed added to the oracle's settings
+                del node[key]
+        assert dumped == default  # the demo's expert rates, sizes and rates all kept
+
+    threaded = seeded_demo_config(0, threads=1, overrides={"curriculum_stages": 0, "rl": {"max_steps": 7}})
+    assert threaded.curriculum_stages == 0 and threaded.rl.max_steps == 7 and threaded.rl.seed == 0
+    assert threaded.rl.threads == threaded.sft.threads == threaded.e3_warmup.threads == 1
+    for agent in (threaded.flywheel.agent, threaded.pareto.rollout.agent, threaded.eval.agent):
+        assert agent.backend.hf.threads == 1
+    assert seeded_demo_config(0).rl.threads == DemoConfig().rl.threads

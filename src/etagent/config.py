@@ -42,11 +42,22 @@ class ConfigModel(BaseModel):
             default = field.default_factory()  # type: ignore[call-arg]
             if not isinstance(default, BaseModel):
                 continue
-            chosen = default.model_dump(exclude_unset=True, by_alias=True)
+            # the fields the default sets, each in full: a set field's own unset fields keep the
+            # default's values (the demo's flywheel sets continuation_budget=BudgetConfig(...), whose
+            # max_calls_per_tool is the BudgetConfig default, not the flywheel field's default)
+            chosen = {
+                (sub.alias or sub_name): _dumped(getattr(default, sub_name))
+                for sub_name, sub in type(default).model_fields.items()
+                if sub_name in default.model_fields_set
+            }
             if chosen:
                 merged = merged if merged is not None else dict(data)
                 merged[key] = _deep_merged(chosen, given)
         return merged if merged is not None else data
+
+
+def _dumped(value: Any) -> Any:
+    return value.model_dump(by_alias=True) if isinstance(value, BaseModel) else value
 
 
 def validate_section(key: str, value: Any, cls: type[C]) -> C:

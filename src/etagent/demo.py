@@ -10,9 +10,12 @@ split in one report. Every size below is a field of :class:`DemoConfig`, overrid
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 
 from etagent.agent import AgentConfig
+from etagent.config import deep_update, load_config
 from etagent.eval.stage import EvalConfig, EvalDataset
 from etagent.flywheel.stage import ColdStartConfig, FlywheelConfig
 from etagent.loop.agent_loop import BudgetConfig, SamplingConfig
@@ -43,7 +46,9 @@ def _flywheel() -> FlywheelConfig:
         data="toolworld:train",
         limit=8,
         rounds=2,
-        agent=AgentConfig(budget=_BUDGET, sampling=SamplingConfig(temperature=1.0, top_p=0.95), max_active=64),
+        agent=AgentConfig(
+            budget=_BUDGET, sampling=SamplingConfig(temperature=1.0, top_p=0.95), max_active=64
+        ),
         continuation_budget=_BUDGET,
     )
 
@@ -129,3 +134,33 @@ class DemoConfig(PipelineConfig):
     rl: RLConfig = Field(default_factory=_rl)
     e3_warmup: RLConfig = Field(default_factory=_e3_warmup)
     eval: EvalConfig = Field(default_factory=_eval)
+
+
+def seeded_demo_config(seed: int, threads: int = 0, overrides: dict[str, Any] | None = None) -> DemoConfig:
+    """The demo pipeline with every stage's randomness from ``seed`` (the cold start's and E3's
+    scripted expert, cold-start data, both SFTs, the flywheel, the E3 warm-up, Pareto sampling and
+    selection, RL), ``threads`` torch threads in every stage (0: all cores; 1 runs seeds side by
+    side) and ``overrides`` laid over it: one whole run of a comparison over seeds."""
+    demo = DemoConfig()
+    # a dict field is replaced, not laid over its default: keep the demo's oracle settings
+    # (redundant / missing rates) and add the seed
+    cold_expert = {**demo.cold_start_data.cold_start.expert, "seed": seed}
+    e3_oracle = {**demo.e3_warmup.warmup.expert.oracle, "seed": seed} if demo.e3_warmup.warmup else {}
+    tree: dict[str, Any] = {
+        "cold_start_data": {"seed": seed, "cold_start": {"expert": cold_expert}},
+        "cold_start_sft": {"seed": seed},
+        "flywheel": {"seed": seed},
+        "sft": {"seed": seed},
+        "e3_warmup": {"seed": seed, "warmup": {"expert": {"oracle": e3_oracle}}},
+        "pareto": {"rollout": {"agent": {"sampling": {"seed": seed}}}, "selection": {"seed": seed}},
+        "rl": {"seed": seed},  # its sampling seed stays unset: the trainer seeds (etagent.rl.trl_engine)
+    }
+    if threads:
+        hf = {"agent": {"backend": {"hf": {"threads": threads}}}}
+        for stage in ("cold_start_data", "flywheel", "eval"):
+            deep_update(tree.setdefault(stage, {}), hf)
+        deep_update(tree["pareto"]["rollout"], hf)
+        for stage in ("cold_start_sft", "sft", "rl", "e3_warmup"):
+            tree[stage]["threads"] = threads
+    deep_update(tree, overrides or {})
+    return load_config(DemoConfig, base=tree)
