@@ -470,7 +470,6 @@ def build_trainer(
     """
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     from datasets import Dataset
-    from trl import GRPOTrainer
 
     from etagent.agent import build_agent
     from etagent.backends.hf import HFGenerator
@@ -530,9 +529,10 @@ def build_trainer(
     rollout_func = RolloutFunc(cfg, by_id, make_rollout, eos_id=tokenizer.eos_token_id)
     tool_tags = tuple(tools) if tools is not None else cfg.agent.tools.tags
     writer = JsonlLog(run_dir / TRAIN_LOG, cfg)
-    from etagent.rl.e3.loss import mix_trainer_class  # torch: imported when a trainer is built
+    from etagent.rl.batch import trimmed_trainer_class  # torch: imported when a trainer is built
+    from etagent.rl.e3.loss import mix_trainer_class
 
-    trainer_class = GRPOTrainer if cfg.warmup is None else mix_trainer_class()
+    trainer_class = trimmed_trainer_class() if cfg.warmup is None else mix_trainer_class()
     trainer = trainer_class(
         model=model,
         reward_funcs=[make_reward_func(cfg, tool_tags, data.task.check_answer)],

@@ -28,6 +28,7 @@ import torch
 
 from etagent import runtime
 from etagent.io import atomic_write_json
+from etagent.rl.batch import trimmed_trainer_class
 from etagent.rl.e3.config import OffPolicyConfig
 
 STATE_FILE = "e3_state.rank{rank}.json"
@@ -88,10 +89,10 @@ def pad_rows(rows: list[list[int]], width: int, device: Any) -> torch.Tensor:
 def mix_trainer_class() -> type:
     """TRL's GRPOTrainer with the mixed objective. The rollout function leaves each row's expert
     mask in ``expert_masks`` (rows in the order it returned them); it travels with the batch as
-    ``inputs["expert_mask"]`` (TRL shuffles and splits every tensor of the batch in unison)."""
-    from trl import GRPOTrainer
+    ``inputs["expert_mask"]`` (TRL shuffles and splits every tensor of the batch in unison, and
+    etagent.rl.batch cuts it with the completions)."""
 
-    class MixGRPOTrainer(GRPOTrainer):
+    class MixGRPOTrainer(trimmed_trainer_class()):  # type: ignore[misc]
         off_policy: OffPolicyConfig = OffPolicyConfig()
 
         def _generate_and_score_completions(self, inputs: Any) -> dict[str, Any]:
