@@ -101,7 +101,9 @@ def _e3_warmup() -> RLConfig:
         num_generations=8,
         arpo={"n": 8, "initial_rollouts": 4, "reserve_rollouts": 1},
         questions_per_step=2,
-        micro_batch_size=4,
+        # a micro-batch of 4 with one self-explored row at the 1,024-token budget peaked at 16.5 GB
+        # (the 2-core machine has 24); 2 halves that, and gradient accumulation keeps the update
+        micro_batch_size=2,
         max_steps=4,
         # between the RL stage's 1e-5 and the SFT stages' 5e-5 / 2e-4: the warm-up has to teach the
         # format the SFT stages teach, in 4 steps (not tuned)
