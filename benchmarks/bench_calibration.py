@@ -27,13 +27,11 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch (docs/cpu.md 3.3)
 
 import argparse
-import json
 import time
 from pathlib import Path
-from typing import Any
 
 from etagent.demo import DemoConfig, seeded_demo_config
-from etagent.eval.seeds import across_seeds, paired_differences, read_scores
+from etagent.eval.seeds import across_seeds, paired_differences, read_metrics, read_scores
 from etagent.eval.stage import EvalDataset, run_eval
 from etagent.pareto.stage import run_pareto
 from etagent.pipeline import run_pipeline
@@ -112,11 +110,6 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Path]:
     return eval_dirs
 
 
-def dataset_metrics(eval_dir: Path) -> dict[str, Any]:
-    metrics = json.loads((eval_dir / "metrics.json").read_text(encoding="utf-8"))
-    return next(iter(metrics["datasets"].values()))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -155,9 +148,7 @@ def main() -> None:
     for label, key in ROWS:
         cells = []
         for name in MODELS:
-            values = [
-                v for v in (dataset_metrics(runs[s][name]).get(key) for s in args.seeds) if v is not None
-            ]
+            values = [v for v in (read_metrics(runs[s][name]).get(key) for s in args.seeds) if v is not None]
             cells.append(f"{across_seeds(values).format(3) if values else '-':>{width}}")
         print(f"{label:26}" + "".join(cells))
     for first, second in PAIRS:

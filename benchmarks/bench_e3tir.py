@@ -28,7 +28,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch (docs/cpu.md 3.3)
 
 import argparse
-import json
 import logging
 import time
 import warnings
@@ -39,7 +38,7 @@ from typing import Any
 from etagent.config import deep_update, dump_config
 from etagent.demo import DemoConfig, seeded_demo_config
 from etagent.eval.roi import cost_of_run, gain, relative_roi
-from etagent.eval.seeds import across_seeds, paired_differences, read_scores
+from etagent.eval.seeds import across_seeds, paired_differences, read_metrics, read_scores
 from etagent.eval.stage import run_eval
 from etagent.io import file_lock
 from etagent.pipeline import run_pipeline
@@ -123,11 +122,6 @@ def final_eval(run: Path, warmup: str, base_eval: Path) -> tuple[Path, str]:
     return base_eval, "base"
 
 
-def dataset_metrics(eval_dir: Path) -> dict[str, Any]:
-    metrics = json.loads((eval_dir / "metrics.json").read_text(encoding="utf-8"))
-    return next(iter(metrics["datasets"].values()))
-
-
 def pooled_differences(scores_a: list[dict[str, dict]], scores_b: list[dict[str, dict]]) -> None:
     """a - b per question: each question's difference averaged over the seeds, then bootstrapped."""
     try:
@@ -185,7 +179,7 @@ def main() -> None:
                 flush=True,
             )
             run_eval(cfg.eval.model_copy(update={"agent": cfg.eval.agent.with_model(args.model)}), base_eval)
-    base_score = dataset_metrics(base_eval)["correctness"]
+    base_score = read_metrics(base_eval)["correctness"]
     for seed in args.seeds:
         for arm in args.arms:
             warmup, name = ARMS[arm]
@@ -196,7 +190,7 @@ def main() -> None:
                     f"seed {seed} {arm}: no RL stage ran (the Pareto stage selected no question): {label} model"
                 )
             results[arm][seed] = {
-                "metrics": dataset_metrics(eval_dir),
+                "metrics": read_metrics(eval_dir),
                 "scores": read_scores(eval_dir),
                 "cost": cost_of_run(run),
             }

@@ -8,10 +8,7 @@ import torch
 from etagent.records import Question
 from etagent.rl import batch
 from etagent.rl.batch import trim_completion_padding
-from etagent.rl.trl_engine import build_trainer
-from tests.loop.test_agent_loop import EchoTool
-from tests.rl.scripted import CyclingScripts
-from tests.rl.test_trl import _cfg, _script
+from tests.rl.test_trl import _script, _scripted_trainer
 
 
 def test_trim_cuts_completion_aligned_tensors_after_the_last_used_column():
@@ -56,24 +53,17 @@ def test_trainer_cuts_each_micro_batch_without_changing_its_loss(
         Question(id="q1", question="One?", answer="42"),
         Question(id="q2", question="Two?", answer="7"),
     ]
-    cfg = _cfg(
+    trainer = _scripted_trainer(
         tiny_model_path,
+        tmp_path,
+        tokenizer,
+        questions,
+        scripts,
+        max_response_tokens=512,
         use_arpo=False,
         num_generations=2,
         micro_batch_size=2,
         max_steps=1,
-        agent={
-            "backend": {"model": str(tiny_model_path)},
-            "tools": {"enabled": ["search"]},
-            "budget": {"max_new_tokens_per_call": 64, "max_response_tokens": 512},
-        },
-    )
-    trainer, _ = build_trainer(
-        cfg,
-        tmp_path,
-        questions=questions,
-        generator=CyclingScripts(tokenizer, scripts),
-        tools={"search": EchoTool("search")},
     )
     cuts = []
     trim = batch.trim_completion_padding

@@ -54,31 +54,46 @@ def _cfg(model: Path, **kw) -> RLConfig:
     return RLConfig.model_validate(base)
 
 
+def _scripted_trainer(
+    model: Path, run_dir: Path, tokenizer, questions, scripts, max_response_tokens=256, **kw
+):
+    """A trainer whose rollouts write ``scripts`` in turn (search answered by an echo tool)."""
+    cfg = _cfg(
+        model,
+        agent={
+            "backend": {"model": str(model)},
+            "tools": {"enabled": ["search"]},
+            "budget": {"max_new_tokens_per_call": 64, "max_response_tokens": max_response_tokens},
+        },
+        **kw,
+    )
+    trainer, _ = build_trainer(
+        cfg,
+        run_dir,
+        questions=questions,
+        generator=CyclingScripts(tokenizer, scripts),
+        tools={"search": EchoTool("search")},
+    )
+    return trainer
+
+
 def test_trl_advantages_and_loss_mask_from_our_rollouts(tiny_model_path, tmp_path, tokenizer):
     scripts = [_script("42", ["alpha"]), _script("7", ["beta"]), _script("42", ["gamma", "delta"])]
     questions = [
         Question(id="q1", question="One?", answer="42"),
         Question(id="q2", question="Two?", answer="7"),
     ]
-    cfg = _cfg(
+    trainer = _scripted_trainer(
         tiny_model_path,
+        tmp_path,
+        tokenizer,
+        questions,
+        scripts,
         use_arpo=False,
         num_generations=4,
         micro_batch_size=4,
         max_steps=1,
         reward={"sigma_tool": 0.0, "sigma_length": 0.0},
-        agent={
-            "backend": {"model": str(tiny_model_path)},
-            "tools": {"enabled": ["search"]},
-            "budget": {"max_new_tokens_per_call": 64, "max_response_tokens": 256},
-        },
-    )
-    trainer, _ = build_trainer(
-        cfg,
-        tmp_path,
-        questions=questions,
-        generator=CyclingScripts(tokenizer, scripts),
-        tools={"search": EchoTool("search")},
     )
     scored, losses = [], []
     generate_and_score, compute_loss = trainer._generate_and_score_completions, trainer._compute_loss
@@ -270,23 +285,15 @@ def test_the_sigma_decay_reaches_the_reward_step_by_step(tiny_model_path, tmp_pa
         Question(id="q1", question="One?", answer="42"),
         Question(id="q2", question="Two?", answer="42"),
     ]
-    cfg = _cfg(
+    trainer = _scripted_trainer(
         tiny_model_path,
+        tmp_path,
+        tokenizer,
+        questions,
+        scripts,
         use_arpo=False,
         max_steps=3,
         reward={"sigma_tool": 0.2, "sigma_length": 0.5, "decay": True},
-        agent={
-            "backend": {"model": str(tiny_model_path)},
-            "tools": {"enabled": ["search"]},
-            "budget": {"max_new_tokens_per_call": 64, "max_response_tokens": 256},
-        },
-    )
-    trainer, _ = build_trainer(
-        cfg,
-        tmp_path,
-        questions=questions,
-        generator=CyclingScripts(tokenizer, scripts),
-        tools={"search": EchoTool("search")},
     )
     applied = []
     reward = trainer.reward_funcs[0]
@@ -320,7 +327,9 @@ def test_the_sigma_decay_reaches_the_reward_step_by_step(tiny_model_path, tmp_pa
     assert [line["reward_std"] > 0 for line in log_lines] == [True, True, False]
 
 
-def test_a_finished_run_drops_its_checkpoints_saves_bf16_and_is_not_redone(tiny_model_path, tmp_path, monkeypatch):
+def test_a_finished_run_drops_its_checkpoints_saves_bf16_and_is_not_redone(
+    tiny_model_path, tmp_path, monkeypatch
+):
     """keep_checkpoints false: the checkpoint resumes a killed run, and is gone once the run has
     finished; save_dtype bfloat16: the model is bf16 on disk and loads and generates."""
     from safetensors.torch import load_file
@@ -354,7 +363,9 @@ def test_a_finished_run_drops_its_checkpoints_saves_bf16_and_is_not_redone(tiny_
     assert weights and all(t.dtype == torch.bfloat16 for t in weights.values())
     assert json.loads((model_dir / "config.json").read_text())["dtype"] == "bfloat16"
     base = load_file(str(tiny_model_path / "model.safetensors"))
-    assert (model_dir / "model.safetensors").stat().st_size < (tiny_model_path / "model.safetensors").stat().st_size
+    assert (model_dir / "model.safetensors").stat().st_size < (
+        tiny_model_path / "model.safetensors"
+    ).stat().st_size
     assert weights.keys() <= base.keys()
     gen = HFGenerator.from_config(BackendConfig(model=str(model_dir), hf=HFConfig(threads=1, device="cpu")))
     try:

@@ -13,6 +13,7 @@ Two kinds of interval, both at 95% by default:
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections.abc import Callable, Mapping, Sequence
@@ -24,7 +25,7 @@ import numpy as np
 from scipy import stats
 
 from etagent.io import read_records
-from etagent.scoring.metrics import SCORES_FILE, TrajectoryScore
+from etagent.scoring.metrics import METRICS_FILE, SCORES_FILE, TrajectoryScore
 
 #: label -> the value of one trajectory's score (a row of an eval's scores.jsonl); the rates are
 #: per trajectory what etagent.scoring.metrics averages
@@ -101,6 +102,12 @@ def pooled_paired_difference(
         rng=np.random.default_rng(seed),
     )
     return Estimate(mean, float(res.confidence_interval.low), float(res.confidence_interval.high), len(ids))
+
+
+def read_metrics(eval_dir: Path) -> dict[str, Any]:
+    """An eval directory's aggregated metrics (``metrics.json``) of its first data set."""
+    metrics = json.loads((Path(eval_dir) / METRICS_FILE).read_text(encoding="utf-8"))
+    return next(iter(metrics["datasets"].values()))
 
 
 def read_scores(eval_dir: Path) -> dict[ScoreKey, TrajectoryScore]:
