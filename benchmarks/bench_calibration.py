@@ -13,10 +13,12 @@ calls and model tokens, with 95% t-intervals across seeds (etagent.eval.seeds);
 (b) ET-Agent - GRPO sigma 0 and ET-Agent - fine-tuned only per question, pooled over seeds, with
 95% paired-bootstrap intervals.
 
-Every stage resumes from ``--out``. ``--sft MODEL`` starts every seed from one given fine-tuned
-model instead (no warm-up per seed: only RL's randomness varies).
+Every stage resumes from ``--out``. ``--sft MODEL`` takes the fine-tuned models from elsewhere:
+one model for every seed (only RL's randomness varies), or, with ``{seed}`` in the path, each
+seed's own (e.g. the SFT-then-RL arms of benchmarks/bench_e3tir.py, the same seeded warm-up).
 
     .venv/bin/python benchmarks/bench_calibration.py --seeds 0 1 2 --out runs/calibration   # CPU: hours
+    .venv/bin/python benchmarks/bench_calibration.py --sft 'runs/e3tir/seed{seed}/sft-rl/04-sft/model'
     .venv/bin/python benchmarks/bench_calibration.py --sft runs/demo-.../04-sft/model --seeds 0
 """
 
@@ -62,7 +64,10 @@ def fine_tuned(seed: int, args: argparse.Namespace, demo: DemoConfig, out: Path)
     """The seed's fine-tuned model and its eval directory: the demo's supervised warm-up seeded
     with ``seed`` (evaluated on the test split by the same pipeline), or ``--sft``."""
     if args.sft:
-        return args.sft, out / f"eval-{args.limit}" / slug(MODELS[0])
+        model = args.sft.format(seed=seed)
+        if not (Path(model) / "config.json").is_file():
+            raise SystemExit(f"--sft: {model} is not a model directory (no config.json)")
+        return model, out / f"eval-{args.limit}" / slug(MODELS[0])
     run_pipeline(demo, out / "warmup")
     return str(out / "warmup" / "04-sft" / demo.sft.output), out / "warmup" / "07-eval" / "sft"
 
@@ -113,7 +118,10 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Path]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--sft", help="start every seed from this fine-tuned model (default: a warm-up per seed)")
+    ap.add_argument(
+        "--sft",
+        help="the fine-tuned model every seed starts from, {seed} for each seed's own (default: a warm-up per seed)",
+    )
     ap.add_argument(
         "--questions", help="RL questions (a Pareto stage file); default: a Pareto stage per seed"
     )
@@ -137,7 +145,10 @@ def main() -> None:
         )
         runs[seed] = run_seed(seed, args)
 
-    start = f"from {args.sft}" if args.sft else "from each seed's own cold start + flywheel + SFT"
+    if not args.sft or "{seed}" in args.sft:
+        start = "from each seed's own cold start + flywheel + SFT"
+    else:
+        start = f"from {args.sft}"
     print(
         f"\ntool world test split, {args.limit} questions, greedy; RL: {args.steps} steps at lr {args.lr} "
         f"{start}; seeds {args.seeds}"

@@ -90,7 +90,8 @@ def _e3_warmup() -> RLConfig:
     non-tool tokens and the flywheel generated ~6.5k, ~67k in all; an RL step trains ~390 tokens
     per trajectory (prompt + model tokens) and generates ~120, so a step of 2 x 8 trajectories costs
     ~20k and 4 steps ~80k. Its 8 questions match the flywheel's 8. On the 2-core CPU a step of 16
-    trajectories takes several minutes (the demo's RL step of 4: ~90 s)."""
+    trajectories took 9 min on one thread (2 min of rollout: the base model's self-explored rows
+    run up to the 1,024-token budget; the demo's RL step of 4: ~90 s)."""
     return RLConfig(
         data="toolworld:train",
         # the cold start's expert, redundant and missing calls included: both warm-ups learn from the same one
