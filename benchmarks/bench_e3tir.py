@@ -28,6 +28,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch (docs/cpu.md 3.3)
 
 import argparse
+import json
 import logging
 import time
 import warnings
@@ -113,6 +114,12 @@ def arm_config(warmup: str, seed: int, args: argparse.Namespace) -> DemoConfig:
     return seeded_demo_config(seed, args.threads, overrides)
 
 
+def finished(run: Path) -> bool:
+    """Whether a pipeline run has finished: its report is written after the last eval."""
+    summary = run / "pipeline.json"
+    return summary.is_file() and "report" in json.loads(summary.read_text(encoding="utf-8"))
+
+
 def final_eval(run: Path, warmup: str, base_eval: Path) -> tuple[Path, str]:
     """The final model's eval directory: after RL, else after the warm-up (RL skipped: the Pareto
     stage selected no question), else the base model (zero-RL without an RL stage)."""
@@ -149,6 +156,11 @@ def main() -> None:
         default=0,
         help="torch threads per stage (0: all cores); 1 to run seeds in parallel",
     )
+    ap.add_argument(
+        "--report",
+        action="store_true",
+        help="run nothing: print the tables of the seeds whose arms have all finished",
+    )
     args = ap.parse_args()
     if args.limit is None:
         args.limit = 8 if args.quick else 128
@@ -160,7 +172,7 @@ def main() -> None:
 
     base_eval = out / "base-eval"
     results: dict[str, dict[int, dict[str, Any]]] = {arm: {} for arm in args.arms}
-    for seed in args.seeds:
+    for seed in [] if args.report else args.seeds:
         for arm in args.arms:
             warmup, name = ARMS[arm]
             run = out / f"seed{seed}" / name
@@ -169,6 +181,15 @@ def main() -> None:
             (run / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
             print(f"[{time.perf_counter() - t0:6.0f} s] seed {seed} {arm}: pipeline -> {run}", flush=True)
             run_pipeline(cfg, run)
+    if args.report:
+        unfinished = [
+            s for s in args.seeds if not all(finished(out / f"seed{s}" / ARMS[a][1]) for a in args.arms)
+        ]
+        for seed in unfinished:
+            print(f"seed {seed}: not every arm has finished; left out")
+        args.seeds = [s for s in args.seeds if s not in unfinished]
+        if not args.seeds or not (base_eval / "metrics.json").is_file():
+            raise SystemExit("--report: no seed with every arm finished, or no base-model eval yet")
 
     # after the arms, and once for all processes sharing --out (each runs its own seeds)
     with file_lock(out / "base-eval.lock"):
