@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from etagent.records import Question
 from etagent.rl import batch
 from etagent.rl.batch import trim_completion_padding
-from tests.rl.test_trl import _script, _scripted_trainer
+from tests.rl.test_trl import TWO_QUESTIONS, _script, _scripted_trainer
 
 
 def test_trim_cuts_completion_aligned_tensors_after_the_last_used_column():
@@ -49,10 +48,7 @@ def test_trainer_cuts_each_micro_batch_without_changing_its_loss(
         _script("8", []),
         _script("7", ["alpha", "beta", "gamma", "delta"]),
     ]
-    questions = [
-        Question(id="q1", question="One?", answer="42"),
-        Question(id="q2", question="Two?", answer="7"),
-    ]
+    questions = TWO_QUESTIONS
     trainer = _scripted_trainer(
         tiny_model_path,
         tmp_path,

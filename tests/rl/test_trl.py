@@ -36,6 +36,10 @@ def _script(answer: str, queries: list[str]) -> str:
     return calls + f"<think>Done.</think><answer>The final answer is \\[ \\boxed{{{answer}}} \\]</answer>"
 
 
+#: two questions with different gold answers, for scripted rollouts
+TWO_QUESTIONS = [Question(id="q1", question="One?", answer="42"), Question(id="q2", question="Two?", answer="7")]
+
+
 def _cfg(model: Path, **kw) -> RLConfig:
     base = {
         "agent": {
@@ -79,10 +83,7 @@ def _scripted_trainer(
 
 def test_trl_advantages_and_loss_mask_from_our_rollouts(tiny_model_path, tmp_path, tokenizer):
     scripts = [_script("42", ["alpha"]), _script("7", ["beta"]), _script("42", ["gamma", "delta"])]
-    questions = [
-        Question(id="q1", question="One?", answer="42"),
-        Question(id="q2", question="Two?", answer="7"),
-    ]
+    questions = TWO_QUESTIONS
     trainer = _scripted_trainer(
         tiny_model_path,
         tmp_path,
