@@ -185,3 +185,30 @@ def test_flywheel_fails_after_writing_its_buffers_and_export(tmp_path: Path) -> 
     assert (tmp_path / "sft.jsonl").exists()
     stored = json.loads((tmp_path / "flywheel.summary.json").read_text())
     assert stored["failed_tool_calls"] == e.value.summary["failed_tool_calls"] > 0
+
+
+def _setting_value(cfg: object, setting: str) -> object:
+    for part in setting.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def test_a_pipeline_stage_names_its_threshold_as_the_pipeline_config_spells_it(tmp_path: Path) -> None:
+    from etagent.config import load_config
+    from etagent.pipeline import PipelineConfig, run_pipeline
+
+    cold_start = {"data": "toolworld:train", "limit": 2, "agent": {"tools": _agent_search_down()["tools"]}}
+    cfg = PipelineConfig.model_validate({"cold_start_data": {**cold_start, "max_tool_failure_rate": 0.1}})
+    with pytest.raises(ToolFailureError, match=r"--set cold_start_data\.max_tool_failure_rate=") as e:
+        run_pipeline(cfg, tmp_path)
+    assert (tmp_path / "01-cold-start-data" / "buffers.jsonl").exists()  # written before the error
+    # each named key is one the pipeline's --set takes: the flywheel's, and the Pareto stage's nested one
+    for error in (
+        e.value,
+        ToolFailureError(
+            "x rollout.max_tool_failure_rate=0.5", {}, "rollout.max_tool_failure_rate"
+        ).in_section("pareto"),
+    ):
+        loaded = load_config(PipelineConfig, overrides=[f"{error.setting}=0.9"])
+        assert _setting_value(loaded, error.setting) == 0.9
+    assert "pareto.rollout.max_tool_failure_rate=0.5" in str(error)

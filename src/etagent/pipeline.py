@@ -38,6 +38,7 @@ from etagent.report.loader import pipeline_stage_dirs
 from etagent.rl.config import RLConfig
 from etagent.rl.e3.config import E3Config
 from etagent.rl.trl_engine import run_rl
+from etagent.rollout.stage import ToolFailureError
 from etagent.tasks import load_questions
 from etagent.tools.search.config import SummariserConfig
 from etagent.train.sft import SFTConfig, run_sft
@@ -136,8 +137,11 @@ class Pipeline:
         self.on_stage = on_stage or (lambda name: None)
         self.summaries: dict[str, Any] = {}
 
-    def stage(self, name: str, body: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
-        """Run ``body(stage_dir)`` unless ``stage_dir/stage.json`` says it finished."""
+    def stage(
+        self, name: str, body: Callable[[Path], dict[str, Any]], section: str | None = None
+    ) -> dict[str, Any]:
+        """Run ``body(stage_dir)`` unless ``stage_dir/stage.json`` says it finished. ``section``:
+        the stage's config in :class:`PipelineConfig`, named by its tool-failure error."""
         stage_dir = self.run_dir / name
         done = stage_dir / STAGE_DONE
         if done.exists():
@@ -148,7 +152,12 @@ class Pipeline:
             log.info("pipeline: %s", name)
             stage_dir.mkdir(parents=True, exist_ok=True)
             t0 = time.perf_counter()
-            summary = body(stage_dir)
+            try:
+                summary = body(stage_dir)
+            except ToolFailureError as e:
+                if section is None:
+                    raise
+                raise e.in_section(section) from None
             summary = {**summary, "stage_seconds": time.perf_counter() - t0}
             atomic_write_json(done, summary)
         self.summaries[name] = summary
@@ -177,7 +186,7 @@ class Pipeline:
                 update={"rollout": rollout, "exclude": cfg.pareto.exclude + earlier_stages}
             )
             pareto_dir = self.run_dir / f"05-pareto-{k}"
-            self.stage(pareto_dir.name, lambda d, p=pareto: run_pareto(p, d))
+            self.stage(pareto_dir.name, lambda d, p=pareto: run_pareto(p, d), "pareto")
             stage_questions = stage_file(pareto_dir / STAGES_DIR, 1)
             earlier_stages.append(str(stage_questions))
             if not load_questions(str(stage_questions)):
@@ -202,7 +211,7 @@ class Pipeline:
         for label, model in models.items():
             ev = cfg.eval.model_copy(update={"agent": cfg.eval.agent.with_model(model)})
             eval_dir = self.run_dir / "07-eval" / label  # the directory name labels the run in the report
-            self.stage(f"07-eval/{label}", lambda d, e=ev: run_eval(e, d))
+            self.stage(f"07-eval/{label}", lambda d, e=ev: run_eval(e, d), "eval")
             eval_dirs.append(eval_dir)
         # the comparison of the eval runs, with the RL curves and Pareto selections of this run's stages
         _, rl_dirs, pareto_dirs = pipeline_stage_dirs(self.run_dir)
@@ -219,7 +228,7 @@ class Pipeline:
             cold = cfg.cold_start_data.model_copy(deep=True)
             cold.cold_start.enabled = True
             cold.agent = cold.agent.with_model(policy)
-            self.stage("01-cold-start-data", lambda d: run_flywheel(cold, d))
+            self.stage("01-cold-start-data", lambda d: run_flywheel(cold, d), "cold_start_data")
             cold_file = self.run_dir / "01-cold-start-data" / SFT_FILE
             sft_data.append(cold_file)
             cold_sft = cfg.cold_start_sft.model_copy(update={"model": policy, "data": str(cold_file)})
@@ -227,7 +236,7 @@ class Pipeline:
             policy = str(self.run_dir / "02-cold-start-sft" / cold_sft.output)
 
         flywheel = cfg.flywheel.model_copy(update={"agent": cfg.flywheel.agent.with_model(policy)})
-        self.stage("03-flywheel", lambda d: run_flywheel(flywheel, d))
+        self.stage("03-flywheel", lambda d: run_flywheel(flywheel, d), "flywheel")
         sft_data.insert(0, self.run_dir / "03-flywheel" / SFT_FILE)
 
         def sft_body(d: Path) -> dict[str, Any]:

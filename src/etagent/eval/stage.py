@@ -238,5 +238,5 @@ def run_eval(cfg: EvalConfig, run_dir: str | Path) -> dict[str, Any]:
     try:
         check_tool_failures(totals, cfg.max_tool_failure_rate, "eval", run_dir, MAX_TOOL_FAILURE_SETTING)
     except ToolFailureError as e:
-        raise ToolFailureError(str(e), metrics) from None
+        raise ToolFailureError(str(e), metrics, e.setting) from None
     return metrics

@@ -108,9 +108,17 @@ class ToolFailureError(RuntimeError):
     """A stage whose share of failed tool calls passed its threshold; everything it produced is
     written. ``summary``: the summary it wrote, for the command line to print before the error."""
 
-    def __init__(self, message: str, summary: dict[str, Any]) -> None:
+    def __init__(self, message: str, summary: dict[str, Any], setting: str = "") -> None:
         super().__init__(message)
         self.summary = summary
+        self.setting = setting
+
+    def in_section(self, section: str) -> ToolFailureError:
+        """The same error for the stage run as ``section`` of a larger config (the pipeline's):
+        the threshold it names becomes ``section.<setting>``, the key ``--set`` takes there."""
+        setting = f"{section}.{self.setting}"
+        message = str(self).replace(f"{self.setting}=", f"{setting}=")
+        return ToolFailureError(message, self.summary, setting)
 
 
 def check_tool_failures(
@@ -130,6 +138,7 @@ def check_tool_failures(
         f"trajectories with failed calls), or allow more failures with --set {setting}=<0..1> "
         "(null: no check).",
         summary,
+        setting,
     )
 
 
