@@ -5,7 +5,9 @@
 
 Checks (each line: {"check", "ok", ...figures}; a check that cannot run says why):
 - ``hf/<dtype>``: the hf backend's greedy tokens for 4 prompts decoded together equal those decoded
-  one at a time, and its log-probs equal a teacher-forced forward pass of the same model;
+  one at a time, or part only where the two tokens were tied within the tolerance (the model's
+  weights are random, its logits near-flat), and its log-probs equal a teacher-forced forward pass
+  of the same model;
 - ``rl/<dtype>``: ``etagent rl`` steps (GRPO, ET-Agent reward, no tools) on a random-weight model
   of the shape: seconds per step, peak device memory;
 - ``sft/<dtype>``: ``etagent sft`` steps on the same model: seconds per step, peak memory.
@@ -88,21 +90,29 @@ def hf_agreement(model_dir: Path, device: str, dtype: Any) -> dict[str, Any]:
     together = [c[0] for c in gen.generate(prompts, params)]
     alone = [gen.generate([p], params)[0][0] for p in prompts]
     same = sum(a.token_ids == b.token_ids for a, b in zip(together, alone, strict=True))
-    worst = 0.0
+    tolerance = 1e-3 if dtype == torch.float32 else 0.1
+    worst = tie_margin = 0.0
     with torch.no_grad():
-        for p, c in zip(prompts, together, strict=True):
+        for p, c, single in zip(prompts, together, alone, strict=True):
             ids = torch.tensor([p + c.token_ids], device=device)
             logits = model(ids).logits.float()[0, len(p) - 1 : len(p) - 1 + len(c.token_ids)]
             forced = torch.log_softmax(logits, -1).gather(1, torch.tensor(c.token_ids, device=device)[:, None])
             sampled = torch.tensor([x if x is not None else float("nan") for x in c.logprobs], device=device)
             worst = max(worst, float((forced[:, 0] - sampled).abs().nan_to_num(0.0).max()))
-    tolerance = 1e-3 if dtype == torch.float32 else 0.1
-    # bf16 may flip a near-tie between batch shapes; fp32 must not
-    needed = len(PROMPTS) if dtype == torch.float32 else len(PROMPTS) - 1
+            # Where batched and single greedy decoding part, both tokens must have been near-tied
+            # (random weights give near-flat logits, and bf16 kernels differ by batch shape).
+            if c.token_ids != single.token_ids:
+                # a sequence that ended first parts from the other with the end token
+                a, b = ([*t.token_ids, tok.eos_token_id] for t in (single, c))
+                i = next(k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y)
+                shared = torch.tensor([p + a[:i]], device=device)
+                step = torch.log_softmax(model(shared).logits.float()[0, -1], -1)
+                tie_margin = max(tie_margin, float((step[a[i]] - step[b[i]]).abs()))
     return {
-        "ok": same >= needed and worst <= tolerance,
+        "ok": worst <= tolerance and tie_margin <= tolerance,
         "batched_equals_single": f"{same}/{len(PROMPTS)}",
         "max_logprob_diff": round(worst, 6),
+        "max_margin_where_they_part": round(tie_margin, 6),
         "tolerance": tolerance,
     }
 

@@ -24,4 +24,5 @@ def test_cpu_form_prints_one_passing_json_line_per_check():
     assert all(line["ok"] for line in lines)
     hf = lines[1]
     assert hf["batched_equals_single"] == "4/4" and hf["max_logprob_diff"] <= hf["tolerance"]
+    assert hf["max_margin_where_they_part"] == 0.0  # nothing parted, so no tie to measure
     assert lines[2]["steps"] == 1 and lines[2]["seconds_per_step"] > 0
