@@ -7,6 +7,11 @@ the final model on the tool world's test split. Every stage's seed comes from N 
 E3 warm-up, the flywheel, the cold start's and E3's scripted expert, Pareto sampling and
 selection). The base model is evaluated once, in ``--out/base-eval``. Runs resume stage by stage.
 
+Each finished arm's result (its final eval's metrics and scores, its cost, which model was
+evaluated) is kept in ``--results`` (default ``--out/results``; etagent.eval.seeds.keep_result):
+kilobytes an arm, so the README's tables come from ``benchmarks/results/e3tir``, committed, while
+the models stay on the machine that trained them. The tables read only kept results.
+
 Printed: (a) per arm the mean over seeds with a 95% t-interval (etagent.eval.seeds) of
 correctness (F1), Effi, the redundant- and insufficient-call rates, the expert trajectories used,
 compute (etagent.eval.roi: generated + 3 x trained tokens) and the ROI relative to SFT-then-RL
@@ -15,6 +20,7 @@ with 95% paired-bootstrap intervals, pooled over seeds (question ids resampled; 
 difference is its mean over the seeds).
 
     .venv/bin/python benchmarks/bench_e3tir.py --out runs/e3tir               # 3 seeds x 3 arms, CPU: hours
+    .venv/bin/python benchmarks/bench_e3tir.py --report --results benchmarks/results/e3tir   # the README's tables
     .venv/bin/python benchmarks/bench_e3tir.py --quick --model tiny --seeds 0 1 --out /tmp/e3bench-quick
 
 ``--quick`` shrinks every stage (8 questions, 1 step per training stage) to check the script end
@@ -33,13 +39,21 @@ import logging
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from etagent.config import deep_update, dump_config
 from etagent.demo import DemoConfig, seeded_demo_config
-from etagent.eval.roi import cost_of_run, gain, relative_roi
-from etagent.eval.seeds import across_seeds, paired_differences, read_metrics, read_scores
+from etagent.eval.roi import TrainingCost, cost_of_run, gain, relative_roi
+from etagent.eval.seeds import (
+    across_seeds,
+    keep_result,
+    kept_facts,
+    paired_differences,
+    read_metrics,
+    read_scores,
+)
 from etagent.eval.stage import run_eval
 from etagent.io import file_lock
 from etagent.pipeline import run_pipeline
@@ -120,13 +134,46 @@ def finished(run: Path) -> bool:
     return summary.is_file() and "report" in json.loads(summary.read_text(encoding="utf-8"))
 
 
-def final_eval(run: Path, warmup: str, base_eval: Path) -> tuple[Path, str]:
-    """The final model's eval directory: after RL, else after the warm-up (RL skipped: the Pareto
-    stage selected no question), else the base model (zero-RL without an RL stage)."""
+def final_eval(run: Path, warmup: str) -> tuple[Path | None, str]:
+    """The final model's eval directory and label: after RL, else after the warm-up (RL skipped:
+    the Pareto stage selected no question), else (None, "base"): zero-RL without an RL stage is
+    the base model."""
     for label in ("rl", warmup):
         if (run / "07-eval" / label / "metrics.json").is_file():
             return run / "07-eval" / label, label
-    return base_eval, "base"
+    return None, "base"
+
+
+def sizes(args: argparse.Namespace) -> dict[str, Any]:
+    """What every kept result of one comparison must share."""
+    return {"base_model": args.model, "limit": args.limit, "quick": args.quick}
+
+
+def keep_arm(out: Path, results: Path, seed: int, arm: str, args: argparse.Namespace) -> bool:
+    """Keep a finished arm's result once; False while its pipeline has not finished."""
+    warmup, name = ARMS[arm]
+    run, dest = out / f"seed{seed}" / name, results / f"seed{seed}" / name
+    if kept_facts(dest) is not None:
+        return True
+    if not finished(run):
+        return False
+    eval_dir, label = final_eval(run, warmup)
+    facts = {"seed": seed, "arm": arm, "final_model": label, "cost": asdict(cost_of_run(run)), **sizes(args)}
+    keep_result(eval_dir, dest, facts)
+    return True
+
+
+def kept(dest: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """A kept result's facts, which must have been made at this run's sizes."""
+    facts = kept_facts(dest)
+    if facts is None:
+        raise SystemExit(f"no result kept in {dest}")
+    made = {key: facts.get(key) for key in sizes(args)}
+    if made != sizes(args):
+        raise SystemExit(
+            f"{dest}: made with {made}, not {sizes(args)}: pass the same --model, --limit, --quick"
+        )
+    return facts
 
 
 def pooled_differences(scores_a: list[dict[str, dict]], scores_b: list[dict[str, dict]]) -> None:
@@ -148,6 +195,9 @@ def main() -> None:
     ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     ap.add_argument("--limit", type=int, help="test-split questions evaluated (default 128: all; --quick: 8)")
     ap.add_argument("--out", default="runs/e3tir", help="output directory (resumable)")
+    ap.add_argument(
+        "--results", help="where finished arms' results are kept and read (default: --out/results)"
+    )
     ap.add_argument("--model", default="embedded", help="the base model of every arm")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the script end to end")
     ap.add_argument(
@@ -159,7 +209,8 @@ def main() -> None:
     ap.add_argument(
         "--report",
         action="store_true",
-        help="run nothing: print the tables of the seeds whose arms have all finished",
+        help="train nothing: keep the results of arms finished in --out, print the tables of the seeds "
+        "whose arms all have kept results",
     )
     args = ap.parse_args()
     if args.limit is None:
@@ -168,52 +219,67 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' deprecation notices
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    results_dir = Path(args.results) if args.results else out / "results"
     t0 = time.perf_counter()
 
-    base_eval = out / "base-eval"
-    results: dict[str, dict[int, dict[str, Any]]] = {arm: {} for arm in args.arms}
-    for seed in [] if args.report else args.seeds:
-        for arm in args.arms:
-            warmup, name = ARMS[arm]
-            run = out / f"seed{seed}" / name
-            cfg = arm_config(warmup, seed, args)
-            run.mkdir(parents=True, exist_ok=True)
-            (run / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
-            print(f"[{time.perf_counter() - t0:6.0f} s] seed {seed} {arm}: pipeline -> {run}", flush=True)
-            run_pipeline(cfg, run)
-    if args.report:
-        unfinished = [
-            s for s in args.seeds if not all(finished(out / f"seed{s}" / ARMS[a][1]) for a in args.arms)
-        ]
-        for seed in unfinished:
-            print(f"seed {seed}: not every arm has finished; left out")
-        args.seeds = [s for s in args.seeds if s not in unfinished]
-        if not args.seeds or not (base_eval / "metrics.json").is_file():
-            raise SystemExit("--report: no seed with every arm finished, or no base-model eval yet")
-
-    # after the arms, and once for all processes sharing --out (each runs its own seeds)
-    with file_lock(out / "base-eval.lock"):
-        if not (base_eval / "metrics.json").is_file():
-            cfg = arm_config("none", args.seeds[0], args)
-            print(
-                f"[{time.perf_counter() - t0:6.0f} s] base model {args.model}: eval -> {base_eval}",
-                flush=True,
-            )
-            run_eval(cfg.eval.model_copy(update={"agent": cfg.eval.agent.with_model(args.model)}), base_eval)
-    base_score = read_metrics(base_eval)["correctness"]
     for seed in args.seeds:
         for arm in args.arms:
             warmup, name = ARMS[arm]
             run = out / f"seed{seed}" / name
-            eval_dir, label = final_eval(run, warmup, base_eval)
-            if label != "rl":
+            if not args.report:
+                cfg = arm_config(warmup, seed, args)
+                run.mkdir(parents=True, exist_ok=True)
+                (run / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+                print(f"[{time.perf_counter() - t0:6.0f} s] seed {seed} {arm}: pipeline -> {run}", flush=True)
+                run_pipeline(cfg, run)
+            keep_arm(out, results_dir, seed, arm, args)
+    if args.report:
+        unfinished = [
+            s
+            for s in args.seeds
+            if not all(kept_facts(results_dir / f"seed{s}" / ARMS[a][1]) for a in args.arms)
+        ]
+        for seed in unfinished:
+            print(f"seed {seed}: not every arm has a result in {results_dir}; left out")
+        args.seeds = [s for s in args.seeds if s not in unfinished]
+        if not args.seeds:
+            raise SystemExit(f"--report: no seed has a result of every arm in {results_dir}")
+
+    # after the arms, and once for all processes sharing --out (each runs its own seeds)
+    base_eval, base_kept = out / "base-eval", results_dir / "base"
+    with file_lock(out / "base-eval.lock"):
+        if kept_facts(base_kept) is None:
+            if not (base_eval / "metrics.json").is_file():
+                if args.report:
+                    raise SystemExit(
+                        f"--report: the base model's result is neither in {base_kept} nor {base_eval}"
+                    )
+                cfg = arm_config("none", args.seeds[0], args)
                 print(
-                    f"seed {seed} {arm}: no RL stage ran (the Pareto stage selected no question): {label} model"
+                    f"[{time.perf_counter() - t0:6.0f} s] base model {args.model}: eval -> {base_eval}",
+                    flush=True,
                 )
+                run_eval(
+                    cfg.eval.model_copy(update={"agent": cfg.eval.agent.with_model(args.model)}), base_eval
+                )
+            keep_result(base_eval, base_kept, {"arm": "base", **sizes(args)})
+    kept(base_kept, args)
+    base_score = read_metrics(base_kept)["correctness"]
+    results: dict[str, dict[int, dict[str, Any]]] = {arm: {} for arm in args.arms}
+    for seed in args.seeds:
+        for arm in args.arms:
+            dest = results_dir / f"seed{seed}" / ARMS[arm][1]
+            facts = kept(dest, args)
+            if facts["final_model"] != "rl":
+                print(
+                    f"seed {seed} {arm}: no RL stage ran (the Pareto stage selected no question): "
+                    f"{facts['final_model']} model"
+                )
+            source = base_kept if facts["final_model"] == "base" else dest
             results[arm][seed] = {
-                "metrics": read_metrics(eval_dir),
-                "scores": read_scores(eval_dir),
-                "cost": cost_of_run(run),
+                "metrics": read_metrics(source),
+                "scores": read_scores(source),
+                "cost": TrainingCost(**facts["cost"]),
             }
     print(
         f"\ntool world test split, {args.limit} questions, greedy; base model {args.model} "

@@ -9,14 +9,18 @@ import math
 import pytest
 
 from etagent.eval.seeds import (
+    FACTS_FILE,
     Estimate,
     across_seeds,
+    keep_result,
+    kept_facts,
     paired_differences,
     pooled_paired_difference,
+    read_metrics,
     read_scores,
 )
 from etagent.io import atomic_write_jsonl
-from etagent.scoring.metrics import SCORES_FILE, TrajectoryScore
+from etagent.scoring.metrics import METRICS_FILE, SCORES_FILE, TrajectoryScore
 
 
 def test_across_seeds_is_the_student_t_interval():
@@ -106,3 +110,20 @@ def test_paired_differences_read_from_eval_directories(tmp_path):
     assert diffs["insufficient-call rate"].mean == pytest.approx(-0.5)
     assert diffs["model tokens"].mean == pytest.approx(20.0)
     assert all(d.n == 2 for d in diffs.values())
+
+
+def test_a_kept_result_holds_the_eval_and_its_facts_and_is_complete_only_with_them(tmp_path):
+    eval_dir = tmp_path / "eval"
+    atomic_write_jsonl(eval_dir / SCORES_FILE, [_score("q1", 1.0, 2, 2, 50)])
+    (eval_dir / METRICS_FILE).write_text('{"datasets": {"toolworld-test": {"correctness": 1.0}}}\n')
+    dest = tmp_path / "results" / "seed0" / "arm"
+    assert kept_facts(dest) is None
+
+    keep_result(eval_dir, dest, {"seed": 0, "cost": {"generated_tokens": 7}})
+    assert kept_facts(dest) == {"seed": 0, "cost": {"generated_tokens": 7}}
+    assert read_metrics(dest) == {"correctness": 1.0}
+    assert read_scores(dest) == read_scores(eval_dir)
+
+    # a result that lives elsewhere (zero-RL's is the base model's): facts only
+    keep_result(None, tmp_path / "facts-only", {"final_model": "base"})
+    assert sorted(p.name for p in (tmp_path / "facts-only").iterdir()) == [FACTS_FILE]

@@ -9,6 +9,10 @@ Two kinds of interval, both at 95% by default:
   (:func:`pooled_paired_difference`, scipy's percentile bootstrap).
 
 :data:`PER_QUESTION` holds the per-question values read from an eval's ``scores.jsonl``.
+
+A comparison over seeds runs for hours and spans sessions whose machines do not keep their files,
+so each finished run's result is kept apart from its models (:func:`keep_result`): the eval's
+metrics and scores and a few facts, kilobytes a run, small enough to commit (``benchmarks/results``).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from etagent.io import read_records
+from etagent.io import atomic_write_json, atomic_write_text, read_records
 from etagent.scoring.metrics import METRICS_FILE, SCORES_FILE, TrajectoryScore
 
 #: label -> the value of one trajectory's score (a row of an eval's scores.jsonl); the rates are
@@ -134,3 +138,25 @@ def paired_differences(
         )
         for label in PER_QUESTION
     }
+
+
+#: what a kept result holds besides its eval's metrics.json and scores.jsonl
+FACTS_FILE = "facts.json"
+
+
+def keep_result(eval_dir: Path | None, dest: Path, facts: dict[str, Any]) -> None:
+    """Keep one finished run's result in ``dest``: its eval's ``metrics.json`` and ``scores.jsonl``
+    (none when ``eval_dir`` is None: the facts then say where the result is) and ``facts``. Each
+    file is written atomically, the facts last, so a ``dest`` with facts is complete."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    if eval_dir is not None:
+        for name in (METRICS_FILE, SCORES_FILE):
+            atomic_write_text(dest / name, (Path(eval_dir) / name).read_text(encoding="utf-8"))
+    atomic_write_json(dest / FACTS_FILE, facts)
+
+
+def kept_facts(dest: Path) -> dict[str, Any] | None:
+    """The facts of a result kept in ``dest`` by :func:`keep_result`, or None when none is kept."""
+    path = Path(dest) / FACTS_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
