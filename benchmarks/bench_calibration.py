@@ -1,10 +1,12 @@
 """The calibration experiment (issue 5): fine-tuned only vs GRPO with sigma 0 vs full ET-Agent, over seeds.
 
 Per seed N, in ``--out/seed<N>``: the demo's supervised warm-up (cold start, flywheel, SFT; every
-stage seeded with N, etagent.demo.seeded_demo_config) makes the fine-tuned model; the Pareto stage
-samples ``--pool`` training questions with it and selects the RL questions; two RL policies are
-trained from it on them with the same seed, one with the correctness-only reward (sigma_tool =
-sigma_length = 0, the released scripts) and one with the full ET-Agent reward (0.2 / 0.5); the
+stage seeded with N, etagent.demo.seeded_demo_config) makes the fine-tuned model. Two RL policies
+start from it with the same seed, one with the correctness-only reward (sigma_tool = sigma_length
+= 0, the released scripts) and one with the full ET-Agent reward (0.2 / 0.5), each through the
+pipeline's curriculum: ``--stages`` rounds of a Pareto stage (``--pool`` training questions
+sampled by the current policy, earlier stages' questions excluded, half selected) and ``--steps``
+RL steps on the selected questions; their first Pareto stage is the same and is sampled once. The
 three models are evaluated greedily on the tool world's test split. The method claims higher Effi
 and fewer redundant calls at no loss of correctness; this prints what it measures:
 
@@ -16,9 +18,10 @@ calls and model tokens, with 95% t-intervals across seeds (etagent.eval.seeds);
 Every stage resumes from ``--out``. Each finished seed's three results (eval metrics, scores and
 the run's settings) are kept in ``--results`` (default ``--out/results``; etagent.eval.seeds.
 keep_result), kilobytes a seed: the README's tables come from ``benchmarks/results/calibration``,
-committed; ``--report`` trains nothing and prints the tables of the seeds kept there. ``--sft MODEL`` takes the fine-tuned models from elsewhere:
-one model for every seed (only RL's randomness varies), or, with ``{seed}`` in the path, each
-seed's own (e.g. the SFT-then-RL arms of benchmarks/bench_e3tir.py, the same seeded warm-up).
+committed; ``--report`` trains nothing and prints the tables of the seeds kept there.
+``--sft MODEL`` takes the fine-tuned models from elsewhere: one model for every seed (only RL's
+randomness varies), or, with ``{seed}`` in the path, each seed's own (e.g. the SFT-then-RL arms of
+benchmarks/bench_e3tir.py, the same seeded warm-up).
 
     .venv/bin/python benchmarks/bench_calibration.py --seeds 0 1 2 --out runs/calibration   # CPU: hours
     .venv/bin/python benchmarks/bench_calibration.py --sft 'runs/e3tir/seed{seed}/sft-rl/04-sft/model'
@@ -33,6 +36,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch (docs/cpu.md 3.3)
 
 import argparse
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -46,10 +50,8 @@ from etagent.eval.seeds import (
     read_metrics,
     read_scores,
 )
-from etagent.eval.stage import EvalDataset, run_eval
-from etagent.pareto.stage import run_pareto
-from etagent.pipeline import run_pipeline
-from etagent.rl.trl_engine import run_rl
+from etagent.eval.stage import run_eval
+from etagent.pipeline import pipeline_finished, run_pipeline
 
 ROWS = (
     ("correctness (F1)", "correctness"),
@@ -73,12 +75,17 @@ def slug(name: str) -> str:
 
 
 def eval_dirs(seed: int, args: argparse.Namespace) -> dict[str, Path]:
-    """Where each of :data:`MODELS` is evaluated: the fine-tuned model by the warm-up's pipeline,
-    unless it comes from ``--sft``."""
+    """Where each of :data:`MODELS` is evaluated: the fine-tuned model by the warm-up's pipeline
+    (or, with ``--sft``, on its own), each RL policy by its pipeline; a policy whose Pareto stages
+    selected nothing is the fine-tuned model."""
     out = Path(args.out) / f"seed{seed}"
-    dirs = {name: out / f"eval-{args.limit}" / slug(name) for name in MODELS}
-    if not args.sft:
-        dirs[MODELS[0]] = out / "warmup" / "07-eval" / "sft"
+    dirs = {
+        MODELS[0]: out / "warmup" / "07-eval" / "sft" if not args.sft else out / f"eval-{args.limit}" / "sft"
+    }
+    for name in REWARDS:
+        run = out / slug(name)
+        rl = run / "07-eval" / "rl"
+        dirs[name] = dirs[MODELS[0]] if pipeline_finished(run) and not rl.is_dir() else rl
     return dirs
 
 
@@ -86,6 +93,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     """What every kept result of one comparison must share."""
     return {
         "sft": args.sft or "own warm-up",
+        "stages": args.stages,
         "pool": args.pool,
         "steps": args.steps,
         "lr": args.lr,
@@ -117,6 +125,26 @@ def fine_tuned(seed: int, args: argparse.Namespace, demo: DemoConfig, out: Path)
     return str(out / "warmup" / "04-sft" / demo.sft.output)
 
 
+def policy_config(seed: int, sft: str, reward: tuple[float, float], args: argparse.Namespace) -> DemoConfig:
+    """One RL policy's pipeline: from the fine-tuned model, ``--stages`` rounds of Pareto sampling
+    (``--pool`` questions, half selected) and RL (``--steps`` each), then the final model's eval."""
+    sigma_tool, sigma_length = reward
+    overrides = {
+        "base_model": sft,
+        "warmup": "none",
+        "curriculum_stages": args.stages,
+        "eval_base": False,
+        "eval": {"datasets": [{"data": "toolworld:test", "limit": args.limit}]},
+        "pareto": {"rollout": {"limit": args.pool}, "selection": {"budget": args.pool // 2}},
+        "rl": {
+            "max_steps": args.steps,
+            "learning_rate": args.lr,
+            "reward": {"sigma_tool": sigma_tool, "sigma_length": sigma_length},
+        },
+    }
+    return seeded_demo_config(seed, args.threads, overrides)
+
+
 def run_seed(seed: int, args: argparse.Namespace) -> None:
     """Every stage of one seed (each resumes), up to the eval of each of :data:`MODELS`."""
     out = Path(args.out) / f"seed{seed}"
@@ -126,36 +154,22 @@ def run_seed(seed: int, args: argparse.Namespace) -> None:
         seed, args.threads, {"curriculum_stages": 0, "eval_base": False, "eval": eval_split}
     )
     sft = fine_tuned(seed, args, demo, out)
+    sft_eval = eval_dirs(seed, args)[MODELS[0]]
+    if not (sft_eval / "metrics.json").is_file():  # --sft: not evaluated by the warm-up's pipeline
+        ev = demo.eval.model_copy(update={"agent": demo.eval.agent.with_model(sft)})
+        run_eval(ev, sft_eval)
 
-    questions = args.questions
-    if questions is None:
-        pareto = demo.pareto.model_copy(deep=True)
-        pareto.rollout.agent = pareto.rollout.agent.with_model(sft)
-        pareto.rollout.limit = args.pool
-        pareto.selection.budget = args.pool // 2
-        summary = run_pareto(pareto, out / "pareto")
-        questions = str(out / "pareto" / summary["stages"][0])
-        print(f"seed {seed} pareto: {summary['selected']} of {args.pool} questions selected -> {questions}")
-
-    models = {MODELS[0]: sft}
-    for name, (sigma_tool, sigma_length) in REWARDS.items():
-        rl = demo.rl.model_copy(deep=True)
-        rl.agent = rl.agent.with_model(sft)
-        # the stage file holds tool-world questions
-        rl.data, rl.task, rl.max_steps, rl.learning_rate = questions, "toolworld", args.steps, args.lr
-        rl.reward.sigma_tool, rl.reward.sigma_length = sigma_tool, sigma_length
-        run_dir = out / slug(name)
-        if not (run_dir / "model" / "config.json").exists():
-            run_rl(rl, run_dir)
-        models[name] = str(run_dir / "model")
-
-    for name, model in models.items():
-        eval_dir = eval_dirs(seed, args)[name]
-        if not (eval_dir / "metrics.json").is_file():
-            ev = demo.eval.model_copy(deep=True)
-            ev.datasets = [EvalDataset(data="toolworld:test", limit=args.limit)]
-            ev.agent = ev.agent.with_model(model)
-            run_eval(ev, eval_dir)
+    first_pareto: Path | None = None
+    for name, reward in REWARDS.items():
+        run = out / slug(name)
+        # Both policies start from the same model with the same seed, so their first Pareto stage
+        # is the same: the second resumes from a copy of the first's.
+        if first_pareto is not None and not (run / first_pareto.name).exists():
+            shutil.copytree(first_pareto, run / first_pareto.name)
+        run_pipeline(policy_config(seed, sft, reward, args), run)
+        first_pareto = run / "05-pareto-1"
+        if not (run / "07-eval" / "rl").is_dir():
+            print(f"seed {seed} {name}: no Pareto stage selected a question; no RL ran")
 
 
 def main() -> None:
@@ -166,9 +180,9 @@ def main() -> None:
         help="the fine-tuned model every seed starts from, {seed} for each seed's own (default: a warm-up per seed)",
     )
     ap.add_argument(
-        "--questions", help="RL questions (a Pareto stage file); default: a Pareto stage per seed"
+        "--stages", type=int, default=2, help="curriculum stages (Pareto sampling + RL) per policy"
     )
-    ap.add_argument("--pool", type=int, default=32, help="training questions the Pareto stage samples")
+    ap.add_argument("--pool", type=int, default=32, help="training questions each Pareto stage samples")
     ap.add_argument("--out", default="runs/calibration", help="output directory (resumable)")
     ap.add_argument(
         "--results", help="where finished seeds' results are kept and read (default: --out/results)"
@@ -178,7 +192,7 @@ def main() -> None:
         action="store_true",
         help="train nothing: keep the results of seeds finished in --out, print the tables of the kept seeds",
     )
-    ap.add_argument("--steps", type=int, default=12, help="RL steps per policy")
+    ap.add_argument("--steps", type=int, default=12, help="RL steps per policy and stage")
     ap.add_argument("--lr", type=float, default=1e-5, help="RL learning rate")
     ap.add_argument("--limit", type=int, default=128, help="test-split questions evaluated (128: all)")
     ap.add_argument(
@@ -218,7 +232,7 @@ def main() -> None:
     else:
         start = f"from {args.sft}"
     print(
-        f"\ntool world test split, {args.limit} questions, greedy; RL: {args.steps} steps at lr {args.lr} "
+        f"\ntool world test split, {args.limit} questions, greedy; RL: {args.stages} stage(s) of {args.steps} steps at lr {args.lr} "
         f"{start}; seeds {args.seeds}"
     )
     print("(a) per model, mean [95% t-interval] over seeds")

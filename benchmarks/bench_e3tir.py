@@ -34,7 +34,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch (docs/cpu.md 3.3)
 
 import argparse
-import json
 import logging
 import time
 import warnings
@@ -56,7 +55,7 @@ from etagent.eval.seeds import (
 )
 from etagent.eval.stage import run_eval
 from etagent.io import file_lock
-from etagent.pipeline import run_pipeline
+from etagent.pipeline import pipeline_finished, run_pipeline
 
 #: arm -> (pipeline warmup, directory name)
 ARMS = {"zero-RL": ("none", "zero-rl"), "SFT-then-RL": ("sft", "sft-rl"), "E3-TIR": ("e3", "e3-tir")}
@@ -128,12 +127,6 @@ def arm_config(warmup: str, seed: int, args: argparse.Namespace) -> DemoConfig:
     return seeded_demo_config(seed, args.threads, overrides)
 
 
-def finished(run: Path) -> bool:
-    """Whether a pipeline run has finished: its report is written after the last eval."""
-    summary = run / "pipeline.json"
-    return summary.is_file() and "report" in json.loads(summary.read_text(encoding="utf-8"))
-
-
 def final_eval(run: Path, warmup: str) -> tuple[Path | None, str]:
     """The final model's eval directory and label: after RL, else after the warm-up (RL skipped:
     the Pareto stage selected no question), else (None, "base"): zero-RL without an RL stage is
@@ -155,7 +148,7 @@ def keep_arm(out: Path, results: Path, seed: int, arm: str, args: argparse.Names
     run, dest = out / f"seed{seed}" / name, results / f"seed{seed}" / name
     if kept_facts(dest) is not None:
         return True
-    if not finished(run):
+    if not pipeline_finished(run):
         return False
     eval_dir, label = final_eval(run, warmup)
     facts = {"seed": seed, "arm": arm, "final_model": label, "cost": asdict(cost_of_run(run)), **sizes(args)}

@@ -257,6 +257,12 @@ def run_pipeline(
     return Pipeline(cfg, run_dir, on_stage).run()
 
 
+def pipeline_finished(run_dir: Path) -> bool:
+    """Whether a pipeline run has finished: its report is written after the last eval."""
+    summary = Path(run_dir) / "pipeline.json"
+    return summary.is_file() and "report" in json.loads(summary.read_text(encoding="utf-8"))
+
+
 # ---------------------------------------------------------------------------------------------
 # what the pipeline and the demo print at the end
 

@@ -75,7 +75,7 @@ def test_e3tir_report_reads_kept_results_and_keeps_finished_runs(tmp_path, monke
 
 def test_calibration_report_reads_the_three_models_of_each_kept_seed(tmp_path, monkeypatch, capsys):
     results = tmp_path / "results"
-    settings = {"sft": "own warm-up", "pool": 32, "steps": 12, "lr": 1e-5, "limit": 4}
+    settings = {"sft": "own warm-up", "stages": 2, "pool": 32, "steps": 12, "lr": 1e-5, "limit": 4}
     for seed in (0, 1, 2):
         for k, name in enumerate(("fine-tuned-only", "GRPO-sigma-0", "ET-Agent")):
             calls = 2 if name == "GRPO-sigma-0" else 1  # sigma 0 makes a redundant call
@@ -90,5 +90,6 @@ def test_calibration_report_reads_the_three_models_of_each_kept_seed(tmp_path, m
     sections = printed.split("(b) ")
     assert sections[1].startswith("ET-Agent - GRPO sigma 0")
     assert "redundant-call rate" in sections[1] and "-1.000" in sections[1]
-    with pytest.raises(SystemExit, match="steps"):
-        run_script("bench_calibration", [*argv, "--steps", "24"], monkeypatch)
+    for option in ("--steps", "--stages"):  # results of another design are not mixed in
+        with pytest.raises(SystemExit, match=option[2:]):
+            run_script("bench_calibration", [*argv, option, "3"], monkeypatch)
