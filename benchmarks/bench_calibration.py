@@ -101,16 +101,15 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def keep_seed(seed: int, args: argparse.Namespace, results: Path) -> bool:
-    """Keep a seed's three results once they are all evaluated; False until then."""
+def keep_seed(seed: int, args: argparse.Namespace, results: Path) -> None:
+    """Keep a seed's three results once they are all evaluated; nothing until then."""
     dirs = eval_dirs(seed, args)
     if not all((d / "metrics.json").is_file() for d in dirs.values()):
-        return False
+        return
     for name, eval_dir in dirs.items():
         dest = results / f"seed{seed}" / slug(name)
         if kept_facts(dest) is None:
             keep_result(eval_dir, dest, {"seed": seed, "model": name, **settings(args)})
-    return True
 
 
 def fine_tuned(seed: int, args: argparse.Namespace, demo: DemoConfig, out: Path) -> str:

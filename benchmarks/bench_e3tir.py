@@ -142,18 +142,15 @@ def sizes(args: argparse.Namespace) -> dict[str, Any]:
     return {"base_model": args.model, "limit": args.limit, "quick": args.quick}
 
 
-def keep_arm(out: Path, results: Path, seed: int, arm: str, args: argparse.Namespace) -> bool:
-    """Keep a finished arm's result once; False while its pipeline has not finished."""
+def keep_arm(out: Path, results: Path, seed: int, arm: str, args: argparse.Namespace) -> None:
+    """Keep a finished arm's result once; nothing while its pipeline has not finished."""
     warmup, name = ARMS[arm]
     run, dest = out / f"seed{seed}" / name, results / f"seed{seed}" / name
-    if kept_facts(dest) is not None:
-        return True
-    if not pipeline_finished(run):
-        return False
+    if kept_facts(dest) is not None or not pipeline_finished(run):
+        return
     eval_dir, label = final_eval(run, warmup)
     facts = {"seed": seed, "arm": arm, "final_model": label, "cost": asdict(cost_of_run(run)), **sizes(args)}
     keep_result(eval_dir, dest, facts)
-    return True
 
 
 def kept(dest: Path, args: argparse.Namespace) -> dict[str, Any]:
