@@ -20,15 +20,27 @@ def _config() -> PipelineConfig:
             "base_model": "tiny",
             "cold_start_data": {"data": "toolworld:train", "limit": 6},
             "cold_start_sft": {"data": "", "max_steps": 1, "grad_accum": 1, "max_length": 512},
-            "flywheel": {"data": "toolworld:train", "limit": 2, "rounds": 1, "agent": {"budget": SMALL_BUDGET},
-                         "continuation_budget": SMALL_BUDGET},
+            "flywheel": {
+                "data": "toolworld:train",
+                "limit": 2,
+                "rounds": 1,
+                "agent": {"budget": SMALL_BUDGET},
+                "continuation_budget": SMALL_BUDGET,
+            },
             "sft": {"data": "", "max_steps": 1, "grad_accum": 1, "max_length": 512},
             "pareto": {
                 "rollout": {"data": "toolworld:train", "limit": 3, "n": 2, "agent": {"budget": SMALL_BUDGET}},
                 "selection": {"budget": 2, "mixed_outcome_filter": "off"},
             },
-            "rl": {"num_generations": 2, "use_arpo": False, "arpo": {"n": 2, "initial_rollouts": 2},
-                   "questions_per_step": 1, "micro_batch_size": 2, "max_steps": 1, "agent": {"budget": SMALL_BUDGET}},
+            "rl": {
+                "num_generations": 2,
+                "use_arpo": False,
+                "arpo": {"n": 2, "initial_rollouts": 2},
+                "questions_per_step": 1,
+                "micro_batch_size": 2,
+                "max_steps": 1,
+                "agent": {"budget": SMALL_BUDGET},
+            },
             "eval": {"datasets": [{"data": "toolworld:dev", "limit": 2}], "agent": {"budget": SMALL_BUDGET}},
         }
     )
@@ -58,7 +70,14 @@ def test_pipeline_runs_every_stage_and_resumes_after_a_kill(tmp_path, monkeypatc
     summary = run_pipeline(_config(), tmp_path)
     # finished stages were not run again; RL and the evaluations ran once more
     assert calls == {"run_flywheel": 2, "run_sft": 2, "run_pareto": 1, "run_rl": 2, "run_eval": 3}
-    for stage in ("01-cold-start-data", "02-cold-start-sft", "03-flywheel", "04-sft", "05-pareto-1", "06-rl-1"):
+    for stage in (
+        "01-cold-start-data",
+        "02-cold-start-sft",
+        "03-flywheel",
+        "04-sft",
+        "05-pareto-1",
+        "06-rl-1",
+    ):
         assert (tmp_path / stage / STAGE_DONE).exists(), stage
     for model_dir in ("02-cold-start-sft/model", "04-sft/model", "06-rl-1/model"):
         assert (tmp_path / model_dir / "config.json").exists(), model_dir
@@ -116,7 +135,11 @@ def test_pipeline_with_the_e3_warmup_instead_of_sft(tmp_path):
                 "agent": {
                     # short expert trajectories: they must fit the budget
                     "tools": {"enabled": ["search", "python"], "search": {"top_k": 1, "max_doc_chars": 160}},
-                    "budget": {"max_tool_calls": 3, "max_new_tokens_per_call": 200, "max_response_tokens": 360},
+                    "budget": {
+                        "max_tool_calls": 3,
+                        "max_new_tokens_per_call": 200,
+                        "max_response_tokens": 360,
+                    },
                 },
             },
             "curriculum_stages": 0,
@@ -133,3 +156,65 @@ def test_pipeline_with_the_e3_warmup_instead_of_sft(tmp_path):
     assert "02-e3-warmup" in html
     with pytest.raises(ValueError, match=r"e3_warmup\.warmup must be set"):
         PipelineConfig.model_validate({"warmup": "e3", "e3_warmup": {"warmup": None}})
+
+
+def _seeded_zero_rl(seed: int):
+    """The demo's zero-RL arm at tiny size, every random stage seeded (ARPO branching on)."""
+    from etagent.demo import seeded_demo_config
+
+    agent = {"budget": SMALL_BUDGET}
+    return seeded_demo_config(
+        seed,
+        threads=1,
+        overrides={
+            "base_model": "tiny",
+            "warmup": "none",
+            "curriculum_stages": 1,
+            "eval_base": False,
+            "pareto": {
+                "rollout": {"limit": 2, "n": 2, "agent": agent},
+                "selection": {"budget": 2, "mixed_outcome_filter": "off"},
+            },
+            "rl": {
+                "num_generations": 4,
+                "use_arpo": True,
+                "micro_batch_size": 4,
+                "questions_per_step": 1,
+                "arpo": {"n": 4, "initial_rollouts": 2, "reserve_rollouts": 2},
+                "max_steps": 2,
+                "agent": agent,
+            },
+            "eval": {"datasets": [{"data": "toolworld:dev", "limit": 2}], "agent": agent},
+        },
+    )
+
+
+def _what_the_run_made(run) -> dict[str, list]:
+    """Every sampled text, every training metric but times, every evaluated answer."""
+    rows = lambda path: [json.loads(line) for line in path.read_text().splitlines()]  # noqa: E731
+    return {
+        "pareto": [
+            (g["question_id"], g["segments"], g["prediction"])
+            for g in rows(run / "05-pareto-1" / "groups.jsonl")
+        ],
+        "rl": [
+            {k: v for k, v in r.items() if "seconds" not in k and "time" not in k}
+            for r in rows(run / "06-rl-1" / "train_log.jsonl")
+        ],
+        "eval": [
+            (t["question_id"], t["segments"], t["prediction"])
+            for t in rows(run / "07-eval" / "rl" / "datasets" / "toolworld-dev" / "trajectories.jsonl")
+        ],
+    }
+
+
+def test_a_seeds_run_does_not_depend_on_what_ran_before_it_in_the_process(tmp_path):
+    """Comparisons over seeds run several seeds in one process: a seed's results must be the same
+    whether it runs first or after another seed (no random or cached state outlives a run)."""
+    run_pipeline(_seeded_zero_rl(1), tmp_path / "first")
+    run_pipeline(_seeded_zero_rl(0), tmp_path / "other-seed")
+    run_pipeline(_seeded_zero_rl(1), tmp_path / "again")
+    first = _what_the_run_made(tmp_path / "first")
+    assert len(first["rl"]) == 2 and first["pareto"] and first["eval"]
+    assert _what_the_run_made(tmp_path / "again") == first
+    assert _what_the_run_made(tmp_path / "other-seed")["pareto"] != first["pareto"]  # the seed matters
