@@ -12,6 +12,7 @@ case "$cmd" in
   demo) exec .venv/bin/etagent demo "$@" ;;
   test)
     .venv/bin/ruff check src tests benchmarks examples scripts
+    .venv/bin/ruff format --check src tests benchmarks examples scripts
     exec .venv/bin/python -m pytest "$@" ;;
   *) echo "usage: ./dev.sh demo|test [args...]" >&2; exit 2 ;;
 esac

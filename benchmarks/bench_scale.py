@@ -29,7 +29,14 @@ from bench_serving import _free_port, model_server  # the sibling script: benchm
 def rl_step_seconds(processes: int, threads: int, steps: int, run_dir: Path) -> float:
     """Median seconds per RL step after the first (warm-up) one."""
     launch = (
-        ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", str(_free_port())]
+        [
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(processes),
+            "--master_port",
+            str(_free_port()),
+        ]
         if processes > 1
         else []
     )
@@ -42,7 +49,9 @@ def rl_step_seconds(processes: int, threads: int, steps: int, run_dir: Path) -> 
         "--set", "save_steps=1000",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    done = subprocess.run([sys.executable, *launch, "-m", "etagent.cli", *args], capture_output=True, text=True, env=env)
+    done = subprocess.run(
+        [sys.executable, *launch, "-m", "etagent.cli", *args], capture_output=True, text=True, env=env
+    )
     if done.returncode != 0:
         raise SystemExit(f"etagent rl on {processes} process(es) failed:\n{done.stderr[-3000:]}")
     lines = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
@@ -116,7 +125,9 @@ def part_train(args: argparse.Namespace) -> None:
     print(f"train: etagent rl, tiny model, 4 questions x 4 trajectories per step, {args.steps} steps "
           f"(median after the first), {cores} cores")  # fmt: skip
     print(f"  1 process  ({cores} threads):            {one:6.2f} s/step  1.00x")
-    print(f"  2 processes ({max(cores // 2, 1)} thread(s) each, gloo): {two:6.2f} s/step  {one / two:5.2f}x speed")
+    print(
+        f"  2 processes ({max(cores // 2, 1)} thread(s) each, gloo): {two:6.2f} s/step  {one / two:5.2f}x speed"
+    )
 
 
 def main() -> None:

@@ -92,7 +92,9 @@ def main() -> None:
     with model_server(args.model, cores) as one:
         rates = {c: tokens_per_s([one], args.model, prompts, c, args.tokens) for c in args.concurrency}
     base = rates[args.concurrency[0]]
-    print(f"{args.questions} requests x {args.tokens} tokens, model {args.model}, one server ({cores} threads)")
+    print(
+        f"{args.questions} requests x {args.tokens} tokens, model {args.model}, one server ({cores} threads)"
+    )
     for c, rate in rates.items():
         print(f"  concurrency {c:3d}: {rate:7.1f} tokens/s  {rate / base:5.2f}x")
     # the same cores split between two servers: load balancing, not more hardware

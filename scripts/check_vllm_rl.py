@@ -90,9 +90,18 @@ def main() -> int:
         subprocess.run([str(ROOT / "scripts/vllm_cpu.sh"), "setup"], check=True)
         log_file = Path(tempfile.mkstemp(prefix="vllm-", suffix=".log")[1])
         proc = subprocess.Popen(
-            [str(ROOT / "scripts/vllm_cpu.sh"), "serve", str(model_dir), str(args.port),
-             "--enforce-eager", "--logprobs-mode", "processed_logprobs"],
-            stdout=log_file.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                str(ROOT / "scripts/vllm_cpu.sh"),
+                "serve",
+                str(model_dir),
+                str(args.port),
+                "--enforce-eager",
+                "--logprobs-mode",
+                "processed_logprobs",
+            ],
+            stdout=log_file.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         url = f"http://127.0.0.1:{args.port}/v1"
         emit("server_started", seconds=round(wait_for(url, proc), 1), log=str(log_file))
@@ -103,8 +112,11 @@ def main() -> int:
         emit("served_before", text=text_before, logprobs=[round(x, 4) for x in before])
         run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="vllm-rl-"))
         cfg = rl_config(model_dir, args.steps, not args.no_length_term)
-        cfg["agent"]["backend"] = {"kind": "openai", "model": str(model_dir),
-                                   "openai": {"base_url": url, "send_token_ids": True}}
+        cfg["agent"]["backend"] = {
+            "kind": "openai",
+            "model": str(model_dir),
+            "openai": {"base_url": url, "send_token_ids": True},
+        }
         cfg["rollout"] = {"engine": "vllm_server", "weight_sync": "disk"}
         cfg_path = run_dir.parent / f"{run_dir.name}.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg))
@@ -112,11 +124,16 @@ def main() -> int:
         t0 = time.monotonic()
         rl = subprocess.run(
             [str(ROOT / ".venv/bin/etagent"), "rl", "-c", str(cfg_path), "--run-dir", str(run_dir)],
-            env=env, capture_output=True, text=True,
+            env=env,
+            capture_output=True,
+            text=True,
         )
         syncs = [line for line in rl.stderr.splitlines() if "rollout servers have the weights" in line]
-        steps = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()] \
-            if (run_dir / "train_log.jsonl").exists() else []
+        steps = (
+            [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+            if (run_dir / "train_log.jsonl").exists()
+            else []
+        )
         emit(
             "rl_run",
             exit_code=rl.returncode,
@@ -124,8 +141,11 @@ def main() -> int:
             steps=len(steps),
             weight_pushes=len(syncs),
             push_log=[s.split("INFO etagent.rl: ")[-1] for s in syncs],
-            rollout_tokens_per_s=[round(s["generated_tokens"] / s["rollout_seconds"], 1) for s in steps
-                                  if s.get("generated_tokens") and s.get("rollout_seconds")],
+            rollout_tokens_per_s=[
+                round(s["generated_tokens"] / s["rollout_seconds"], 1)
+                for s in steps
+                if s.get("generated_tokens") and s.get("rollout_seconds")
+            ],
             sampler_trainer_logp_gap=[s.get("sampling/sampling_logp_difference/mean") for s in steps],
             importance_ratio_mean=[s.get("sampling/importance_sampling_ratio/mean") for s in steps],
             grad_norm=[s.get("grad_norm") for s in steps],
@@ -136,8 +156,13 @@ def main() -> int:
         ok &= len(steps) == args.steps and len(syncs) == args.steps
         text_after, after = served_logprobs(url, prompt)
         changed = max(abs(a - b) for a, b in zip(before, after, strict=False)) if before and after else 0.0
-        emit("served_after", text=text_after, logprobs=[round(x, 4) for x in after],
-             max_abs_change=round(changed, 5), changed=changed > 1e-3)
+        emit(
+            "served_after",
+            text=text_after,
+            logprobs=[round(x, 4) for x in after],
+            max_abs_change=round(changed, 5),
+            changed=changed > 1e-3,
+        )
         ok &= changed > 1e-3
     finally:
         if proc is not None:
@@ -153,8 +178,12 @@ def rl_config(model_dir: Path, steps: int, length_term: bool) -> dict:
         "agent": {
             "backend": {"kind": "hf", "model": str(model_dir)},
             "tools": {"enabled": ["search", "python"]},
-            "budget": {"max_tool_calls": 3, "on_budget": "stop", "max_new_tokens_per_call": 48,
-                       "max_response_tokens": 128},
+            "budget": {
+                "max_tool_calls": 3,
+                "on_budget": "stop",
+                "max_new_tokens_per_call": 48,
+                "max_response_tokens": 128,
+            },
             "sampling": {"temperature": 1.0},
         },
         "arpo": {"n": 4, "initial_rollouts": 2, "beam_size": 2, "top_k_logprobs": 5},
@@ -194,16 +223,22 @@ def colocate(args: argparse.Namespace) -> int:
          "-m", "etagent.cli", "rl", "-c", str(cfg_path), "--run-dir", str(run_dir)],
         env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, cwd=ROOT,
     )  # fmt: skip
-    steps = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()] \
-        if (run_dir / "train_log.jsonl").exists() else []
+    steps = (
+        [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+        if (run_dir / "train_log.jsonl").exists()
+        else []
+    )
     gaps = [s.get("sampling/sampling_logp_difference/mean") for s in steps]
     emit(
         "rl_run_colocate",
         exit_code=rl.returncode,
         seconds=round(time.monotonic() - t0, 1),
         steps=len(steps),
-        rollout_tokens_per_s=[round(s["generated_tokens"] / s["rollout_seconds"], 1) for s in steps
-                              if s.get("generated_tokens") and s.get("rollout_seconds")],
+        rollout_tokens_per_s=[
+            round(s["generated_tokens"] / s["rollout_seconds"], 1)
+            for s in steps
+            if s.get("generated_tokens") and s.get("rollout_seconds")
+        ],
         sampler_trainer_logp_gap=gaps,
         importance_ratio_mean=[s.get("sampling/importance_sampling_ratio/mean") for s in steps],
         grad_norm=[s.get("grad_norm") for s in steps],

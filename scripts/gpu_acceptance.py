@@ -30,9 +30,15 @@ from pathlib import Path
 from typing import Any
 
 QWEN_1_5B = dict(  # Qwen2.5-1.5B's shape; the vocabulary is the tokenizer's
-    hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2
+    hidden_size=1536,
+    intermediate_size=8960,
+    num_hidden_layers=28,
+    num_attention_heads=12,
+    num_key_value_heads=2,
 )
-TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+TINY = dict(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+)
 PROMPTS = ["What is 12 times 34?", "Name a city.", "Who wrote the letter?", "Count to five."]
 FAILED = False
 
@@ -45,7 +51,12 @@ def report(check: str, run: Callable[[], dict[str, Any]]) -> None:
         with contextlib.redirect_stdout(sys.stderr):  # trainers print their logs; stdout is ours
             line = {"check": check, **run()}
     except Exception as e:  # the line says what broke; the other checks still run
-        line = {"check": check, "ok": False, "error": f"{type(e).__name__}: {e}", "where": traceback.format_exc(limit=-3)}
+        line = {
+            "check": check,
+            "ok": False,
+            "error": f"{type(e).__name__}: {e}",
+            "where": traceback.format_exc(limit=-3),
+        }
     line["seconds"] = round(time.perf_counter() - t0, 2)
     FAILED |= not line.get("ok", False)
     print(json.dumps(line), flush=True)
@@ -96,7 +107,9 @@ def hf_agreement(model_dir: Path, device: str, dtype: Any) -> dict[str, Any]:
         for p, c, single in zip(prompts, together, alone, strict=True):
             ids = torch.tensor([p + c.token_ids], device=device)
             logits = model(ids).logits.float()[0, len(p) - 1 : len(p) - 1 + len(c.token_ids)]
-            forced = torch.log_softmax(logits, -1).gather(1, torch.tensor(c.token_ids, device=device)[:, None])
+            forced = torch.log_softmax(logits, -1).gather(
+                1, torch.tensor(c.token_ids, device=device)[:, None]
+            )
             sampled = torch.tensor([x if x is not None else float("nan") for x in c.logprobs], device=device)
             worst = max(worst, float((forced[:, 0] - sampled).abs().nan_to_num(0.0).max()))
             # Where batched and single greedy decoding part, both tokens must have been near-tied
@@ -163,11 +176,18 @@ def sft_steps(model_dir: Path, device: str, steps: int, run_dir: Path) -> dict[s
     rows = []
     for i in range(32):
         answer = tags.render_answer(str(i * 7))
-        text = f"<think>Compute.</think><python>print({i} * 7)</python>{tags.render_result(str(i * 7))}{answer}"
-        messages = [{"role": "user", "content": f"What is {i} times 7?"}, {"role": "assistant", "content": text}]
+        text = (
+            f"<think>Compute.</think><python>print({i} * 7)</python>{tags.render_result(str(i * 7))}{answer}"
+        )
+        messages = [
+            {"role": "user", "content": f"What is {i} times 7?"},
+            {"role": "assistant", "content": text},
+        ]
         rows.append({"id": f"e{i}", "question_id": f"q{i}", "messages": messages, "meta": {}})
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    cfg = SFTConfig(model=str(model_dir), data=str(data), max_steps=steps, max_length=1024, batch_size=4, grad_accum=1)
+    cfg = SFTConfig(
+        model=str(model_dir), data=str(data), max_steps=steps, max_length=1024, batch_size=4, grad_accum=1
+    )
     summary = run_sft(cfg, run_dir)
     return {
         "ok": summary["steps"] == steps and summary["last_loss"] is not None,
@@ -191,7 +211,9 @@ def main() -> int:
     print(json.dumps({"check": "device", "ok": True, "torch": torch.__version__, "device": args.device,
                       "name": torch.cuda.get_device_name() if args.device == "cuda" else "cpu"}), flush=True)  # fmt: skip
     shape = QWEN_1_5B if args.shape == "qwen1.5b" else TINY
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16} if args.device == "cuda" else {"fp32": torch.float32}
+    dtypes = (
+        {"fp32": torch.float32, "bf16": torch.bfloat16} if args.device == "cuda" else {"fp32": torch.float32}
+    )
     with tempfile.TemporaryDirectory(prefix="etagent-gpu-") as tmp:
         root = Path(tmp)
         for name, dtype in dtypes.items():

@@ -13,8 +13,10 @@ from tests.plugins import Calculator
 
 CALCULATOR = "tests.plugins:Calculator"
 SCRIPT = "tests.plugins:ScriptBackend"
-ANSWER = "<think>Compute.</think><calculator>6*7</calculator><result>\n42\n</result>" \
+ANSWER = (
+    "<think>Compute.</think><calculator>6*7</calculator><result>\n42\n</result>"
     "<think>Done.</think><answer>The final answer is \\[ \\boxed{42} \\]</answer>"
+)
 
 
 def _first_dev_trajectory(cfg: AgentConfig):
@@ -82,7 +84,9 @@ def test_the_oracle_is_the_tasks(tokenizer):
 def test_prompt_examples_come_from_the_task_and_use_only_enabled_tools():
     task = resolve_task("toolworld")
     for enabled, absent in ((["search"], "<python>"), (["python"], "<search>")):
-        cfg = AgentConfig.model_validate({"tools": {"enabled": enabled}, "few_shot": 2, "backend": {"kind": "expert"}})
+        cfg = AgentConfig.model_validate(
+            {"tools": {"enabled": enabled}, "few_shot": 2, "backend": {"kind": "expert"}}
+        )
         loop = build_agent(cfg, task)
         try:
             assert len(loop.few_shot) == 2

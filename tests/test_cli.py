@@ -112,7 +112,15 @@ def test_bad_input_gets_a_clear_error(tmp_path):
     )  # fmt: skip
     assert out.returncode == 2 and "127.0.0.1:9" in out.stderr and "Traceback" not in out.stderr
 
-    out = _etagent("rollout", "--model", str(tmp_path / "no-such-model"), "--limit", "1", "--run-dir", str(tmp_path / "r3"))
+    out = _etagent(
+        "rollout",
+        "--model",
+        str(tmp_path / "no-such-model"),
+        "--limit",
+        "1",
+        "--run-dir",
+        str(tmp_path / "r3"),
+    )
     assert out.returncode == 2 and "no-such-model" in out.stderr and "Traceback" not in out.stderr
 
 

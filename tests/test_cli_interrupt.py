@@ -86,7 +86,17 @@ def test_a_second_ctrl_c_during_shutdown_changes_nothing(tmp_path: Path) -> None
 
 
 def test_resume_command_replaces_the_run_dir() -> None:
-    argv = ["/nowhere/etagent", "eval", "--run-dir", "old", "--limit", "3", "--run-dir=older", "--set", "a=b c"]
+    argv = [
+        "/nowhere/etagent",
+        "eval",
+        "--run-dir",
+        "old",
+        "--limit",
+        "3",
+        "--run-dir=older",
+        "--set",
+        "a=b c",
+    ]
     assert resume_command(argv, Path("runs/x")) == (
         "/nowhere/etagent eval --limit 3 --set 'a=b c' --run-dir runs/x"
     )

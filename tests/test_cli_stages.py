@@ -24,8 +24,19 @@ def test_cold_start_flywheel_then_sft_then_pareto(tmp_path):
     sft = tmp_path / "sft"
     result = runner.invoke(
         app,
-        ["sft", "--data", str(fly / "sft.jsonl"), "--model", "tiny", "--max-steps", "1",
-         "--set", "grad_accum=1", "--run-dir", str(sft)],
+        [
+            "sft",
+            "--data",
+            str(fly / "sft.jsonl"),
+            "--model",
+            "tiny",
+            "--max-steps",
+            "1",
+            "--set",
+            "grad_accum=1",
+            "--run-dir",
+            str(sft),
+        ],
     )
     assert result.exit_code == 0, result.output
     assert (sft / "model" / "config.json").exists()
@@ -33,9 +44,23 @@ def test_cold_start_flywheel_then_sft_then_pareto(tmp_path):
     par = tmp_path / "par"
     result = runner.invoke(
         app,
-        ["pareto", "--limit", "6", "-g", "3", "--set", "rollout.agent.backend.kind=expert",
-         "--set", "rollout.agent.backend.expert.missing_rate=0.5", "--set", "selection.mixed_outcome_filter=off",
-         "--set", "selection.budget=2", "--run-dir", str(par)],
+        [
+            "pareto",
+            "--limit",
+            "6",
+            "-g",
+            "3",
+            "--set",
+            "rollout.agent.backend.kind=expert",
+            "--set",
+            "rollout.agent.backend.expert.missing_rate=0.5",
+            "--set",
+            "selection.mixed_outcome_filter=off",
+            "--set",
+            "selection.budget=2",
+            "--run-dir",
+            str(par),
+        ],
     )
     assert result.exit_code == 0, result.output
     assert len(load_questions(str(par / "stages" / "stage1.jsonl"))) == 2
@@ -45,9 +70,21 @@ def test_stage_commands_report_bad_input_in_one_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "x", "messages": []}\nnot json\n')
     out = subprocess.run(
-        [sys.executable, "-m", "etagent.cli", "sft", "--data", str(bad), "--model", "tiny",
-         "--run-dir", str(tmp_path / "r")],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "etagent.cli",
+            "sft",
+            "--data",
+            str(bad),
+            "--model",
+            "tiny",
+            "--run-dir",
+            str(tmp_path / "r"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 2, out.stderr
     assert "bad.jsonl" in out.stderr and "Traceback" not in out.stderr

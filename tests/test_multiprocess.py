@@ -29,7 +29,14 @@ def _free_port() -> int:
 def _etagent(*args: str, processes: int = 1) -> None:
     """``etagent ARGS`` as ``torchrun --nproc_per_node PROCESSES`` runs it (plainly for 1)."""
     launch = (
-        ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", str(_free_port())]
+        [
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(processes),
+            "--master_port",
+            str(_free_port()),
+        ]
         if processes > 1
         else []
     )
@@ -68,7 +75,10 @@ def test_sft_on_two_processes_is_one_job_with_the_global_batch_of_one(tmp_path, 
     two = [json.loads(line) for line in (tmp_path / "two" / "train_log.jsonl").read_text().splitlines()]
     one = [json.loads(line) for line in (tmp_path / "one" / "train_log.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in two[:2]] == pytest.approx([r["loss"] for r in one[:2]], rel=1e-4)
-    w2, w1 = load_file(str(tmp_path / "two/model/model.safetensors")), load_file(str(tmp_path / "one/model/model.safetensors"))
+    w2, w1 = (
+        load_file(str(tmp_path / "two/model/model.safetensors")),
+        load_file(str(tmp_path / "one/model/model.safetensors")),
+    )
     assert w2.keys() == w1.keys()
     for name in w1:  # the 2-process update is the 1-process update with the same global batch
         assert (w2[name] - w1[name]).abs().max() < 1e-4, name
@@ -170,7 +180,9 @@ class _ScriptsBySample(Generator):
                 self.asked[key] = k + 1
                 ids = self.tokenizer.encode(self.scripts[k % len(self.scripts)], add_special_tokens=False)
                 text, ids, stop, _ = trim_at_stop(self.tokenizer, ids[: params.max_new_tokens], params.stop)
-                group.append(Completion(text, ids, "stop" if stop else "eos", stop=stop, logprobs=[-0.5] * len(ids)))
+                group.append(
+                    Completion(text, ids, "stop" if stop else "eos", stop=stop, logprobs=[-0.5] * len(ids))
+                )
             out.append(group)
         return out
 
@@ -190,6 +202,7 @@ def test_rl_with_the_server_engine_on_two_processes_equals_one_process(tmp_path,
     long = "<think>Let me think about it for a while before answering.</think><answer>\\boxed{42}</answer>"
     server = _ScriptsBySample(tokenizer, [short, long])
     with serve_in_thread(create_app(server, "scripted", dev_mode=True)) as url:
+
         def rl(run: str, processes: int, accumulation_hint: str) -> None:
             _etagent(
                 "rl", "--model", str(tiny_model_path), "--run-dir", str(tmp_path / run), "--max-steps", "2",
@@ -209,7 +222,9 @@ def test_rl_with_the_server_engine_on_two_processes_equals_one_process(tmp_path,
     for run in ("two", "one"):
         assert _steps(tmp_path / run) == [1, 2]
         _complete(tmp_path / run / "model")
-        logs[run] = [json.loads(line) for line in (tmp_path / run / "train_log.jsonl").read_text().splitlines()]
+        logs[run] = [
+            json.loads(line) for line in (tmp_path / run / "train_log.jsonl").read_text().splitlines()
+        ]
     assert all(r["ranks_agree"] for r in logs["two"]) and not any("ranks_agree" in r for r in logs["one"])
     for a, b in zip(logs["two"], logs["one"], strict=True):
         assert a["reward"] == pytest.approx(b["reward"], abs=1e-6)

@@ -66,5 +66,7 @@ class ArithmeticTask(Task):
     def prompt_examples(self, k: int, tools: ToolsConfig, tokenizer: str) -> list[PromptExample]:
         usable = [ex for ex in _EXAMPLES if uses_only(ex[1], tools.enabled)]
         if k > len(usable):
-            raise TaskError(f"arithmetic has {len(usable)} prompt examples for tools {tools.enabled}, not {k}")
+            raise TaskError(
+                f"arithmetic has {len(usable)} prompt examples for tools {tools.enabled}, not {k}"
+            )
         return usable[:k]

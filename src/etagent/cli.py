@@ -57,7 +57,9 @@ DataOpt = Annotated[
     str | None, typer.Option(help="task:split (toolworld:dev), a task YAML file[:split], or a question file")
 ]
 TaskOpt = Annotated[str | None, typer.Option(help="the task of a question file given as --data")]
-BackendOpt = Annotated[str | None, typer.Option(help="hf, openai, expert (the task's oracle) or pkg.mod:Class")]
+BackendOpt = Annotated[
+    str | None, typer.Option(help="hf, openai, expert (the task's oracle) or pkg.mod:Class")
+]
 FewShotOpt = Annotated[int | None, typer.Option(help="the task's example trajectories in the prompt")]
 RunDirOpt = Annotated[Path | None, typer.Option("--run-dir", help="run directory (an existing one resumes)")]
 
@@ -217,7 +219,9 @@ def tool_python(
 
 
 CorpusOpt = Annotated[str | None, typer.Option(help="JSONL corpus {id,title,text}; default: the task's")]
-CorpusTaskOpt = Annotated[str, typer.Option(help="the task whose corpus is searched when --corpus is not given")]
+CorpusTaskOpt = Annotated[
+    str, typer.Option(help="the task whose corpus is searched when --corpus is not given")
+]
 
 
 def _search_config(config: Path | None, overrides: list[str] | None, corpus: str | None, task: str) -> Any:
@@ -270,7 +274,8 @@ def serve_retriever(
     port: int = 1243,
     set_: SetOpt = None,
     default_topk: Annotated[
-        int, typer.Option(min=1, max=1000, help="passages for a /retrieve request without topk (Search-R1: 3)")
+        int,
+        typer.Option(min=1, max=1000, help="passages for a /retrieve request without topk (Search-R1: 3)"),
     ] = 3,
     max_body_mb: Annotated[
         float, typer.Option(min=0.001, help="largest request body, MiB; larger ones get HTTP 413")
@@ -278,7 +283,9 @@ def serve_retriever(
     max_query_chars: Annotated[
         int, typer.Option(min=1, help="longest query, characters; longer ones get HTTP 422")
     ] = 8192,
-    max_batch: Annotated[int, typer.Option(min=1, help="most queries in one request; more get HTTP 422")] = 4096,
+    max_batch: Annotated[
+        int, typer.Option(min=1, help="most queries in one request; more get HTTP 422")
+    ] = 4096,
     keep_alive_s: KeepAliveOpt = 75.0,
 ) -> None:
     """A retrieval server speaking the FlashRAG (/search, /batch_search) and Search-R1 (/retrieve) APIs."""
@@ -411,7 +418,9 @@ def flywheel(
         "agent.backend.model": policy,
         "cold_start.enabled": cold_start,
     }
-    _, run_dir, summary = _run_stage("flywheel", FlywheelConfig, config, set_, shortcuts, run_dir, run_flywheel)
+    _, run_dir, summary = _run_stage(
+        "flywheel", FlywheelConfig, config, set_, shortcuts, run_dir, run_flywheel
+    )
     console.print_json(data=summary)
     console.print(f"sft set: {run_dir / 'sft.jsonl'}")
 
@@ -455,7 +464,9 @@ def pareto(
         "rollout.n": group_size,
         "rollout.limit": limit,
     }
-    _, run_dir, summary = _run_stage("pareto", ParetoStageConfig, config, set_, shortcuts, run_dir, run_pareto)
+    _, run_dir, summary = _run_stage(
+        "pareto", ParetoStageConfig, config, set_, shortcuts, run_dir, run_pareto
+    )
     _print_summary(summary, tuple(k for k in summary if not isinstance(summary[k], (list, dict))))
     console.print(f"stages: {run_dir / 'stages'}")
 
@@ -463,7 +474,9 @@ def pareto(
 @app.command()
 def rl(
     config: ConfigOpt = None,
-    data: Annotated[str | None, typer.Option(help="questions, e.g. a Pareto stage file (with --task)")] = None,
+    data: Annotated[
+        str | None, typer.Option(help="questions, e.g. a Pareto stage file (with --task)")
+    ] = None,
     task: TaskOpt = None,
     model: Annotated[str | None, typer.Option(help="the policy to train: embedded or a model dir")] = None,
     max_steps: Annotated[int | None, typer.Option(help="rollout steps")] = None,
@@ -509,7 +522,9 @@ def _check_pipeline_inputs(cfg: Any) -> None:
     _check_inputs(models=[cfg.base_model], data=data)
 
 
-def _run_pipeline(command: str, cls: type[C], config: Path | None, set_: list[str] | None, run_dir: Path | None) -> None:
+def _run_pipeline(
+    command: str, cls: type[C], config: Path | None, set_: list[str] | None, run_dir: Path | None
+) -> None:
     from etagent.pipeline import run_pipeline
 
     def on_stage(name: str) -> None:
@@ -549,6 +564,7 @@ def demo(run_dir: RunDirOpt = None, config: ConfigOpt = None, set_: SetOpt = Non
 
 # -- evaluation: eval, score, report -------------------------------------------------------------
 
+
 def _metrics_table(title: str, metrics: dict[str, Any]) -> Table:
     """One column per data set plus the overall means (metrics.json), percentages x100."""
     from etagent.report.format import terminal_table
@@ -561,7 +577,9 @@ def eval_(
     config: ConfigOpt = None,
     data: Annotated[
         list[str] | None,
-        typer.Option(help="data set (repeatable; replaces the config's): toolworld:<split>, a task YAML, a file"),
+        typer.Option(
+            help="data set (repeatable; replaces the config's): toolworld:<split>, a task YAML, a file"
+        ),
     ] = None,
     backend: BackendOpt = None,
     model: Annotated[str | None, typer.Option(help="embedded, tiny, or a local model dir")] = None,

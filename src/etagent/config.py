@@ -68,9 +68,7 @@ def validate_section(key: str, value: Any, cls: type[C]) -> C:
     try:
         return cls.model_validate(value if value is not None else {})
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join([key, *map(str, err['loc'])])}: {err['msg']}" for err in e.errors()
-        )
+        problems = "; ".join(f"{'.'.join([key, *map(str, err['loc'])])}: {err['msg']}" for err in e.errors())
         raise ValueError(problems) from None
 
 
@@ -86,6 +84,7 @@ _Loader.yaml_implicit_resolvers = {
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
+
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the file and field."""
@@ -114,7 +113,9 @@ def set_dotted(tree: dict[str, Any], path: list[str], value: Any) -> None:
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
                 where = ".".join(path[:depth])
-                raise ConfigError(f"override {'.'.join(path)}: {where} has {len(node)} items, no index {part!r}")
+                raise ConfigError(
+                    f"override {'.'.join(path)}: {where} has {len(node)} items, no index {part!r}"
+                )
             key = int(part)
         if depth == len(path) - 1:
             node[key] = value
@@ -137,7 +138,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at the top level, got {type(data).__name__}")
+        raise ConfigError(
+            f"config file {path} must hold a mapping at the top level, got {type(data).__name__}"
+        )
     return data
 
 

@@ -253,14 +253,24 @@ def small_context_app(tokenizer, context: int, asked: list[int]) -> FastAPI:
     async def completions(request: Request) -> dict:
         body = await request.json()
         prompt = body["prompt"]
-        n_prompt = len(prompt) if isinstance(prompt, list) else len(tokenizer.encode(prompt, add_special_tokens=False))
+        n_prompt = (
+            len(prompt)
+            if isinstance(prompt, list)
+            else len(tokenizer.encode(prompt, add_special_tokens=False))
+        )
         if n_prompt + body["max_tokens"] > context:
             raise HTTPException(400, f"maximum context length is {context} tokens")
         asked.append(body["max_tokens"])
         ids = tokenizer.encode(" a" * body["max_tokens"], add_special_tokens=False)[: body["max_tokens"]]
         return {
             "choices": [
-                {"index": 0, "text": tokenizer.decode(ids), "finish_reason": "length", "token_ids": ids, "stop_reason": None}
+                {
+                    "index": 0,
+                    "text": tokenizer.decode(ids),
+                    "finish_reason": "length",
+                    "token_ids": ids,
+                    "stop_reason": None,
+                }
             ]
         }
 
@@ -285,7 +295,9 @@ def test_requests_fit_the_servers_context_window(tokenizer):
             (c,) = gen.generate([full], greedy(max_new_tokens=10))[0]
             assert c.finish_reason == "context" and c.token_ids == [] and len(asked) == 1  # not sent
             # in the agent loop the trajectory ends with that reason instead of failing the rollout
-            loop = AgentLoop(gen, {}, budget=BudgetConfig(max_new_tokens_per_call=512, max_response_tokens=4096))
+            loop = AgentLoop(
+                gen, {}, budget=BudgetConfig(max_new_tokens_per_call=512, max_response_tokens=4096)
+            )
             try:
                 (traj,) = loop.run([Question(id="q", question="Say a lot.", answer="a")])
             finally:
@@ -324,7 +336,10 @@ def test_several_servers_share_the_load_within_their_slots(tokenizer):
     """Requests go to the least busy of several servers; each server never has more than
     ``concurrency`` in flight (the others wait: back-pressure)."""
     a, b = {}, {}
-    with serve_in_thread(counting_app(tokenizer, a)) as url_a, serve_in_thread(counting_app(tokenizer, b)) as url_b:
+    with (
+        serve_in_thread(counting_app(tokenizer, a)) as url_a,
+        serve_in_thread(counting_app(tokenizer, b)) as url_b,
+    ):
         gen = OpenAIGenerator([url_a, url_b], tokenizer, max_retries=0, concurrency=2, send_token_ids=True)
         try:
             prompts = [tokenizer.encode(f"prompt {i}", add_special_tokens=False) for i in range(24)]

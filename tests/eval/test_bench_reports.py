@@ -55,7 +55,19 @@ def test_e3tir_report_reads_kept_results_and_keeps_finished_runs(tmp_path, monke
     # seed 2 has only one arm: left out
     keep_result(tmp_path / "sft0", results / "seed2" / "sft-rl", {"final_model": "rl", "cost": cost, **sizes})
 
-    argv = ["--report", "--out", str(out), "--results", str(results), "--limit", "4", "--seeds", "0", "1", "2"]
+    argv = [
+        "--report",
+        "--out",
+        str(out),
+        "--results",
+        str(results),
+        "--limit",
+        "4",
+        "--seeds",
+        "0",
+        "1",
+        "2",
+    ]
     run_script("bench_e3tir", argv, monkeypatch)
     printed = capsys.readouterr().out
     assert kept_facts(results / "seed1" / "e3-tir")["final_model"] == "rl"

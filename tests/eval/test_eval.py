@@ -110,7 +110,9 @@ def test_datasets_share_one_model_load(tmp_path, monkeypatch):
     monkeypatch.setattr(stage, "build_agent", counting_agent)
     cfg = _expert_cfg(EvalDataset(data="toolworld:dev", limit=3), EvalDataset(data="toolworld:test", limit=2))
     metrics = run_eval(cfg, tmp_path / "run")
-    assert loaded == ["expert"] and len(agents) == 2 and agents[0] is agents[1]  # one model, an agent per data set
+    assert (
+        loaded == ["expert"] and len(agents) == 2 and agents[0] is agents[1]
+    )  # one model, an agent per data set
     assert {k: v["n"] for k, v in metrics["datasets"].items()} == {"toolworld-dev": 3, "toolworld-test": 2}
     assert "## toolworld-test" in (tmp_path / "run" / "report.md").read_text()
 

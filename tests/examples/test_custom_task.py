@@ -16,6 +16,8 @@ from etagent.tasks import resolve_data
 from tests.cli_helpers import invoke_ok
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "custom_task"
+
+
 @pytest.fixture(autouse=True)
 def _repo_root(monkeypatch):
     monkeypatch.chdir(EXAMPLE.parents[1])  # the example's configs name paths from the repository root

@@ -131,7 +131,16 @@ def test_viewer_data_pairs_runs_and_marks_changes(two_runs):
     b1 = by_key[("b-1", 0)]
     results = [b for b in b1["blocks"] if b[0] == "result"]
     assert [r[2] for r in results] == ["error", "ok"]
-    assert [b[0] for b in b1["blocks"]] == ["think", "python", "result", "think", "python", "result", "think", "answer"]
+    assert [b[0] for b in b1["blocks"]] == [
+        "think",
+        "python",
+        "result",
+        "think",
+        "python",
+        "result",
+        "think",
+        "answer",
+    ]
 
 
 def test_viewer_marks_a_result_the_model_wrote_and_cuts_long_blocks(tmp_path):

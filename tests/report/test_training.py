@@ -32,7 +32,9 @@ def _svg(html: str, cls: str, attr: str = "") -> str:
 def _circles(svg: str) -> list[tuple[float, float, str]]:
     return [
         (float(x), float(y), title)
-        for x, y, title in re.findall(r'<circle[^>]*cx="([-\d.]+)" cy="([-\d.]+)"[^>]*><title>(.*?)</title>', svg, re.S)
+        for x, y, title in re.findall(
+            r'<circle[^>]*cx="([-\d.]+)" cy="([-\d.]+)"[^>]*><title>(.*?)</title>', svg, re.S
+        )
     ]
 
 
@@ -68,9 +70,10 @@ def test_rl_curves_in_html_one_point_per_step(rl_dir, tmp_path):
     assert any("rl-a · step 2: -0.2" in t for *_, t in points)  # negative rewards are on the axis
     assert all(30 <= y <= 260 - 44 for _, y, _ in points)
     # rl-b logs only the reward: its other curves are absent, rl-a's are there; no branching chart
-    assert _circles(_svg(html, "rl-curve", 'data-metric="entropy"')) and "rl-b" not in _svg(
-        html, "rl-curve", 'data-metric="entropy"'
-    ).split("</text>", 1)[1]
+    assert (
+        _circles(_svg(html, "rl-curve", 'data-metric="entropy"'))
+        and "rl-b" not in _svg(html, "rl-curve", 'data-metric="entropy"').split("</text>", 1)[1]
+    )
     assert 'data-metric="branching_rate"' not in html
     assert 'class="metrics rl-table" data-run="rl-a"' in html
 
@@ -93,7 +96,11 @@ def test_pareto_stage_table_and_objectives(pareto_dir):
 def test_pareto_scatter_marks_questions_at_the_same_place(pareto_dir):
     html = render_html([], pareto=[load_pareto_run(pareto_dir)])
     means = _svg(html, "pareto-means")
-    dots = re.findall(r'<circle class="pt dot"[^>]*data-count="(\d+)" data-group="([^"]*)"><title>(.*?)</title>', means, re.S)
+    dots = re.findall(
+        r'<circle class="pt dot"[^>]*data-count="(\d+)" data-group="([^"]*)"><title>(.*?)</title>',
+        means,
+        re.S,
+    )
     # q-3 and q-5 coincide: one dot that counts 2 and lists both; 4 dots for 5 questions
     assert sorted(int(c) for c, _, _ in dots) == [1, 1, 1, 2]
     pair = next(t for c, _, t in dots if c == "2")
@@ -205,9 +212,12 @@ def _with_conciseness(run: Path, value: float) -> Path:
 
 def test_conciseness_hidden_for_a_run_without_tool_calls(tmp_path):
     search = ("search", "Zorvik", "(1) Zorvik was born in Quenmara.", "ok")
-    base = _with_conciseness(write_run(tmp_path / "base", {"alpha": [make_traj("a-1", "Quenmara", "Lyon")]}), 1.0)
+    base = _with_conciseness(
+        write_run(tmp_path / "base", {"alpha": [make_traj("a-1", "Quenmara", "Lyon")]}), 1.0
+    )
     sft = _with_conciseness(
-        write_run(tmp_path / "sft", {"alpha": [make_traj("a-1", "Quenmara", "Quenmara", [search, search])]}), 0.5
+        write_run(tmp_path / "sft", {"alpha": [make_traj("a-1", "Quenmara", "Quenmara", [search, search])]}),
+        0.5,
     )
     runs = load_runs([base, sft])
     md = render_markdown(runs)
@@ -218,7 +228,9 @@ def test_conciseness_hidden_for_a_run_without_tool_calls(tmp_path):
     radar = _svg(html, "radar")
     assert "base · Conciseness: n/a" in radar and "sft · Conciseness: 50.0" in radar
     assert "made no tool call" in html
-    table = terminal_table("t", {"base": runs[0].dataset_metrics("alpha"), "sft": runs[1].dataset_metrics("alpha")})
+    table = terminal_table(
+        "t", {"base": runs[0].dataset_metrics("alpha"), "sft": runs[1].dataset_metrics("alpha")}
+    )
     row = next(i for i, c in enumerate(table.columns[0]._cells) if c == "conciseness")
     assert table.columns[1]._cells[row] == "–" and table.columns[2]._cells[row] == "50.0"
 

@@ -278,7 +278,10 @@ def test_trl_trains_expert_tokens_off_policy_and_resumes_the_boundary(
 
     # the checkpoint holds the pass rates; a resumed run starts from them
     state = read_state(run_dir / "checkpoints" / "checkpoint-1")
-    assert set(state["boundary"]["pass_rates"]) == {"q0", "q1"} and list(state["experts_used"]) == ["q0#0", "q1#0"]
+    assert set(state["boundary"]["pass_rates"]) == {"q0", "q1"} and list(state["experts_used"]) == [
+        "q0#0",
+        "q1#0",
+    ]
     loaded = []
     load = E3Rollout.load_state_dict
     monkeypatch.setattr(E3Rollout, "load_state_dict", lambda self, s: loaded.append(s) or load(self, s))

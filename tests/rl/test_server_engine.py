@@ -106,7 +106,8 @@ def test_weight_routes_need_dev_mode_and_name_the_fault(tiny_model_path, tokeniz
         bad = httpx.post(f"{root}/collective_rpc", json={"method": "sleep", "kwargs": {}})
         assert bad.status_code == 400 and "reload_weights" in bad.text
         empty = httpx.post(
-            f"{root}/collective_rpc", json={"method": "reload_weights", "kwargs": {"weights_path": str(tmp_path)}}
+            f"{root}/collective_rpc",
+            json={"method": "reload_weights", "kwargs": {"weights_path": str(tmp_path)}},
         )
         assert empty.status_code == 400 and str(tmp_path) in empty.text and "safetensors" in empty.text
 
@@ -135,6 +136,10 @@ def test_engine_config_needs_the_matching_backend(tiny_model_path):
     with pytest.raises(ValueError, match=r"rollout\.engine vllm_server rolls out with backend kind 'openai'"):
         RLConfig.model_validate({"rollout": {"engine": "vllm_server"}})
     with pytest.raises(ValueError, match="weight_sync nccl pushes to one server"):
-        _cfg(tiny_model_path, ["http://a:1/v1", "http://b:1/v1"], rollout={"engine": "vllm_server", "weight_sync": "nccl"})
+        _cfg(
+            tiny_model_path,
+            ["http://a:1/v1", "http://b:1/v1"],
+            rollout={"engine": "vllm_server", "weight_sync": "nccl"},
+        )
     with pytest.raises(ValueError, match=r"rollout\.engine policy rolls out with backend kind 'hf'"):
         _cfg(tiny_model_path, "http://a:1/v1", rollout={"engine": "policy"})

@@ -37,7 +37,10 @@ def _script(answer: str, queries: list[str]) -> str:
 
 
 #: two questions with different gold answers, for scripted rollouts
-TWO_QUESTIONS = [Question(id="q1", question="One?", answer="42"), Question(id="q2", question="Two?", answer="7")]
+TWO_QUESTIONS = [
+    Question(id="q1", question="One?", answer="42"),
+    Question(id="q2", question="Two?", answer="7"),
+]
 
 
 def _cfg(model: Path, **kw) -> RLConfig:

@@ -39,13 +39,19 @@ class InterruptingGenerator(ScriptedGenerator):
 @pytest.fixture
 def data_file(tmp_path):
     path = tmp_path / "q.jsonl"
-    rows = [{"id": f"q{i}", "question": f"Question {i}?", "answer": str(i), "task": "qa", "source": "t"} for i in range(6)]
+    rows = [
+        {"id": f"q{i}", "question": f"Question {i}?", "answer": str(i), "task": "qa", "source": "t"}
+        for i in range(6)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
 def _scripts():
-    return {f"Question {i}?": f"<think>{i}</think><search>s{i}</search><think>k</think><answer>\\boxed{{{i}}}</answer>" for i in range(6)}
+    return {
+        f"Question {i}?": f"<think>{i}</think><search>s{i}</search><think>k</think><answer>\\boxed{{{i}}}</answer>"
+        for i in range(6)
+    }
 
 
 def _loop(tokenizer, fail_after):

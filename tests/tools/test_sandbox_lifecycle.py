@@ -121,8 +121,20 @@ def test_one_shot_cli_calls_leave_nothing(tmp_path):
     for i, code in enumerate(codes):
         f = tmp_path / f"code{i}.py"
         f.write_text(code)
-        argv = [sys.executable, "-m", "etagent.cli", "tool", "python", "--code-file", str(f), "--set", "timeout_s=2"]
-        procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO))
+        argv = [
+            sys.executable,
+            "-m",
+            "etagent.cli",
+            "tool",
+            "python",
+            "--code-file",
+            str(f),
+            "--set",
+            "timeout_s=2",
+        ]
+        procs.append(
+            subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+        )
     outputs = [(p.pid, *p.communicate(timeout=120), p.returncode) for p in procs]
     for pid, out, err, rc in outputs:
         if "failed to start" in err:
@@ -131,7 +143,9 @@ def test_one_shot_cli_calls_leave_nothing(tmp_path):
         assert sandbox_processes(owner_fragment(pid)) == [], (out, err)
     texts = [o[1].strip() for o in outputs]
     assert texts[0] == "42" and texts[3] == "3", texts
-    assert texts[1].endswith("ZeroDivisionError: division by zero") and texts[2].startswith("Execution Timeout")
+    assert texts[1].endswith("ZeroDivisionError: division by zero") and texts[2].startswith(
+        "Execution Timeout"
+    )
 
 
 OWNER = textwrap.dedent(

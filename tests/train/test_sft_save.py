@@ -24,7 +24,9 @@ def _cfg(tiny_model_path, sft_file, **overrides) -> SFTConfig:
     return SFTConfig(**{**base, **overrides})
 
 
-def test_kept_checkpoints_a_bf16_model_and_quiet_metric_dicts(tiny_model_path, sft_file, tmp_path, capfd, caplog):
+def test_kept_checkpoints_a_bf16_model_and_quiet_metric_dicts(
+    tiny_model_path, sft_file, tmp_path, capfd, caplog
+):
     cfg = _cfg(tiny_model_path, sft_file, keep_checkpoints=True, save_dtype="bfloat16")
     with caplog.at_level(logging.INFO, logger="etagent"):
         run_sft(cfg, tmp_path)
@@ -57,14 +59,22 @@ def test_the_default_drops_checkpoints_and_keeps_the_training_dtype(tiny_model_p
 
 
 def test_cast_rewrites_every_shard_config_and_index(tmp_path):
-    save_file({"a": torch.ones(4), "ids": torch.arange(3)}, str(tmp_path / "model-1.safetensors"), {"format": "pt"})
+    save_file(
+        {"a": torch.ones(4), "ids": torch.arange(3)}, str(tmp_path / "model-1.safetensors"), {"format": "pt"}
+    )
     save_file({"b": torch.full((2, 2), 0.1)}, str(tmp_path / "model-2.safetensors"), {"format": "pt"})
     (tmp_path / "config.json").write_text(json.dumps({"torch_dtype": "float32", "hidden_size": 8}))
-    index = {"metadata": {"total_size": 32}, "weight_map": {"a": "model-1.safetensors", "b": "model-2.safetensors"}}
+    index = {
+        "metadata": {"total_size": 32},
+        "weight_map": {"a": "model-1.safetensors", "b": "model-2.safetensors"},
+    }
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
 
     cast_saved_weights(tmp_path, "bfloat16")
-    one, two = load_file(str(tmp_path / "model-1.safetensors")), load_file(str(tmp_path / "model-2.safetensors"))
+    one, two = (
+        load_file(str(tmp_path / "model-1.safetensors")),
+        load_file(str(tmp_path / "model-2.safetensors")),
+    )
     assert one["a"].dtype == two["b"].dtype == torch.bfloat16
     assert one["ids"].dtype == torch.int64  # integers stay
     assert json.loads((tmp_path / "config.json").read_text()) == {"torch_dtype": "bfloat16", "hidden_size": 8}

@@ -80,6 +80,7 @@ class OpenAIConfig(ConfigModel):
         "with finish reason 'context'",
     )
 
+
 #: vLLM extensions we ask for; other servers ignore unknown fields or reject them (then we retry
 #: without). return_tokens_as_token_ids turns logprob tokens into "token_id:123" strings.
 _VLLM_EXTRAS = (
@@ -210,7 +211,10 @@ class OpenAIGenerator(Generator):
                 _Server(
                     url,
                     AsyncOpenAI(
-                        base_url=url, api_key=self.api_key, timeout=self.timeout_s, max_retries=self.max_retries
+                        base_url=url,
+                        api_key=self.api_key,
+                        timeout=self.timeout_s,
+                        max_retries=self.max_retries,
                     ),
                     asyncio.Semaphore(self.concurrency),
                 )
@@ -330,7 +334,10 @@ class OpenAIGenerator(Generator):
                 raise BackendResponseError(f"the server at {self.base_url} returned no choices")
             out.extend(normalise_choice(self.tokenizer, c, params, self.eos_ids, tail) for c in choices)
         if capped:  # cut by the context window, not by the caller's limit
-            out = [dataclasses.replace(c, finish_reason="context") if c.finish_reason == "length" else c for c in out]
+            out = [
+                dataclasses.replace(c, finish_reason="context") if c.finish_reason == "length" else c
+                for c in out
+            ]
         return out[: params.n]
 
     def set_weights_version(self, version: str) -> None:

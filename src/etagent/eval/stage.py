@@ -103,7 +103,9 @@ class EvalConfig(ConfigModel):
     datasets: list[EvalDataset] = Field(
         default_factory=lambda: [EvalDataset(data="toolworld:dev")], min_length=1
     )
-    agent: AgentConfig = Field(default_factory=_greedy_agent, description="the agent; default sampling: greedy")
+    agent: AgentConfig = Field(
+        default_factory=_greedy_agent, description="the agent; default sampling: greedy"
+    )
     judge: JudgeConfig | None = Field(
         None, description="LLM judge: maths correctness and conciseness; None = rules only"
     )
@@ -176,7 +178,9 @@ def run_rollouts(
                 log.info("eval: model ready in %.1f s", time.perf_counter() - t0)
             loop = build_agent(cfg.agent, task, generator=generator)
             try:
-                summaries[name] = run_rollout(rollout_cfg, out_dir, loop=loop, progress_interval_s=progress_interval_s)
+                summaries[name] = run_rollout(
+                    rollout_cfg, out_dir, loop=loop, progress_interval_s=progress_interval_s
+                )
             finally:
                 loop.close()
     finally:

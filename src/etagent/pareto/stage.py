@@ -45,7 +45,10 @@ SUMMARY = "pareto_summary.json"
 def _default_rollout() -> RolloutConfig:
     # G = 8 samples per question at T = 1 (docs/method.md 5.1)
     return RolloutConfig(
-        data="toolworld:train", n=8, output=GROUPS, agent=AgentConfig(sampling=SamplingConfig(temperature=1.0))
+        data="toolworld:train",
+        n=8,
+        output=GROUPS,
+        agent=AgentConfig(sampling=SamplingConfig(temperature=1.0)),
     )
 
 
@@ -98,7 +101,9 @@ def run_pareto(cfg: ParetoStageConfig, run_dir: Path) -> dict[str, Any]:
     questions = {q.id: q for q in data.questions(cfg.rollout.limit)}
     excluded = {q.id for path in cfg.exclude for q in resolve_data(path).questions()}
     trajectories = [t for t in read_records(run_dir / GROUPS, Trajectory) if t.question_id in questions]
-    rows = pareto_objectives(trajectories, cfg.qa_metric, data.task.check_answer, cfg.rollout.agent.tools.tags)
+    rows = pareto_objectives(
+        trajectories, cfg.qa_metric, data.task.check_answer, cfg.rollout.agent.tools.tags
+    )
     atomic_write_jsonl(run_dir / SCORES, rows)
 
     groups: dict[str, list[dict[str, Any]]] = {}

@@ -76,7 +76,9 @@ def render_system_prompt(tools: list[ToolSpec]) -> str:
         "Think inside <think> </think> before every action.",
     ]
     if tools:
-        lines.append("You can call tools; each call's output is inserted for you between <result> and </result>:")
+        lines.append(
+            "You can call tools; each call's output is inserted for you between <result> and </result>:"
+        )
         for spec in tools:
             lines.append(f"- {open_tag(spec.name)} ... {close_tag(spec.name)}: {spec.description}")
         lines.append("Call a tool only when it helps: answer directly when you already know the answer.")
@@ -213,9 +215,7 @@ def pending_tool_call(segment: str, tool_tags: tuple[str, ...] = DEFAULT_TOOL_TA
 _UNKNOWN_CALL_RE = re.compile(r"<([A-Za-z_][A-Za-z0-9_\-]*)>(.*?)</\1>", re.DOTALL)
 
 
-def unknown_tool_call(
-    segment: str, tool_tags: tuple[str, ...] = DEFAULT_TOOL_TAGS
-) -> tuple[str, int] | None:
+def unknown_tool_call(segment: str, tool_tags: tuple[str, ...] = DEFAULT_TOOL_TAGS) -> tuple[str, int] | None:
     """A complete ``<x>...</x>`` pair with a tag that is neither a tool nor a protocol tag.
 
     Returns (tag name, end offset of the pair) for the first one, so the agent loop can cut the
@@ -395,7 +395,9 @@ def check_reward_format(text: str, tool_tags: tuple[str, ...] = DEFAULT_TOOL_TAG
     ans_open, ans_close = open_tag(ANSWER), close_tag(ANSWER)
     n_ans_open, n_ans_close = text.count(ans_open), text.count(ans_close)
     if n_ans_open != 1 or n_ans_close != 1:
-        problems.append(f"needs exactly one <answer> and one </answer> ({n_ans_open} open, {n_ans_close} close)")
+        problems.append(
+            f"needs exactly one <answer> and one </answer> ({n_ans_open} open, {n_ans_close} close)"
+        )
     else:
         start, end = text.find(ans_open), text.find(ans_close)
         if start > end:
@@ -414,7 +416,9 @@ def check_reward_format(text: str, tool_tags: tuple[str, ...] = DEFAULT_TOOL_TAG
             r = text.find(res_open, i if tag == SEARCH else max(j, 0))
             k = text.find(res_close, max(r, 0))
             if j < 0 or r < 0 or k < 0:
-                problems.append(f"<{tag}> call at offset {i} is not followed by </{tag}>, <result> and </result>")
+                problems.append(
+                    f"<{tag}> call at offset {i} is not followed by </{tag}>, <result> and </result>"
+                )
                 break
             if not j < r < k:
                 problems.append(f"<{tag}> call at offset {i}: <result> comes before </{tag}>")

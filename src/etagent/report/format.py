@@ -145,7 +145,9 @@ def terminal_table(
     present = [t for t in tables if t is not None and "failed_tool_calls" in t]
     if present:  # tool calls the tool failed on, of those run (rollout/stage.py tool_failures)
         cells = [
-            f"{t['failed_tool_calls']} of {t['tool_calls_run']}" if t is not None and "failed_tool_calls" in t else "–"
+            f"{t['failed_tool_calls']} of {t['tool_calls_run']}"
+            if t is not None and "failed_tool_calls" in t
+            else "–"
             for t in tables
         ]
         if overall is not None:

@@ -71,9 +71,7 @@ class DiskWeightPush:
         staging = self.sync_dir.with_name(self.sync_dir.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
         # save_pretrained drops tied copies (lm_head = embeddings) and writes safetensors shards
-        accelerator.unwrap_model(model).save_pretrained(
-            staging, state_dict=state, safe_serialization=True
-        )
+        accelerator.unwrap_model(model).save_pretrained(staging, state_dict=state, safe_serialization=True)
         old = self.sync_dir.with_name(self.sync_dir.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         if self.sync_dir.exists():
@@ -82,8 +80,11 @@ class DiskWeightPush:
         shutil.rmtree(old, ignore_errors=True)
         with httpx.Client(timeout=self.timeout_s) as client:
             for root in self.roots:
-                self._post(client, f"{root}/collective_rpc",
-                           {"method": "reload_weights", "kwargs": {"weights_path": str(self.sync_dir)}})
+                self._post(
+                    client,
+                    f"{root}/collective_rpc",
+                    {"method": "reload_weights", "kwargs": {"weights_path": str(self.sync_dir)}},
+                )
                 self._post(client, f"{root}/reset_prefix_cache", None)
 
     @staticmethod
@@ -121,8 +122,11 @@ class ServerWeightSync:
         step = self.trainer.state.global_step
         if self.generator is not None:
             self.generator.set_weights_version(f"step{step}")
-        log.info("rl: rollout servers have the weights of optimizer step %d (%.1f s)", step,
-                 time.perf_counter() - t0)
+        log.info(
+            "rl: rollout servers have the weights of optimizer step %d (%.1f s)",
+            step,
+            time.perf_counter() - t0,
+        )
 
 
 def install_server_engine(trainer: Any, cfg: Any, run_dir: Path) -> ServerWeightSync:

@@ -165,7 +165,9 @@ def load_task_file(path: Path) -> Task:
     try:
         spec = TaskSpec.model_validate(read_yaml(path))
     except ValidationError as e:
-        fields = "; ".join(f"{'.'.join(map(str, err['loc'])) or '<root>'}: {err['msg']}" for err in e.errors())
+        fields = "; ".join(
+            f"{'.'.join(map(str, err['loc'])) or '<root>'}: {err['msg']}" for err in e.errors()
+        )
         raise DataError(f"{path}: invalid task file: {fields}") from None
     if spec.class_ is not None:
         task_cls = import_object(spec.class_)

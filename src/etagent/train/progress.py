@@ -42,13 +42,17 @@ def _callback_classes() -> tuple[type, type]:
     class LoggedProgressCallback(ProgressCallback):
         """``ProgressCallback``'s bar; the dicts it would write under the bar go to the log."""
 
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any):
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
+        ):
             _log_dict(state, logs)
 
     class LoggedPrinterCallback(TrainerCallback):
         """``PrinterCallback`` (``disable_tqdm``) to the log."""
 
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any):
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
+        ):
             _log_dict(state, logs)
 
     return LoggedProgressCallback, LoggedPrinterCallback

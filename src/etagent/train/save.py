@@ -21,7 +21,9 @@ SAVE_DTYPE_HELP = (
 )
 
 
-def save_once(trainer: Any, target: Path, build: Callable[[Path], None], is_complete: Callable[[Path], bool]) -> None:
+def save_once(
+    trainer: Any, target: Path, build: Callable[[Path], None], is_complete: Callable[[Path], bool]
+) -> None:
     """Every process calls this after training; the main process builds ``target`` atomically
     (``build(tmp)`` then a rename), the others wait until it is there.
 

@@ -256,6 +256,7 @@ def build_trainer(
     from trl import SFTTrainer
 
     from etagent.backends.model_store import resolve_model
+
     torch.set_num_threads(cfg.threads or runtime.available_cores())
     model_path = resolve_model(cfg.model)
     tokenizer = AutoTokenizer.from_pretrained(str(model_path))
