@@ -34,6 +34,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch (docs/cpu.md 3.3)
 
 import argparse
+import contextlib
 import logging
 import time
 import warnings
@@ -208,7 +209,8 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' deprecation notices
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if not args.report:  # --report only reads (kept results, and finished runs in --out if any)
+        out.mkdir(parents=True, exist_ok=True)
     results_dir = Path(args.results) if args.results else out / "results"
     t0 = time.perf_counter()
 
@@ -237,7 +239,7 @@ def main() -> None:
 
     # after the arms, and once for all processes sharing --out (each runs its own seeds)
     base_eval, base_kept = out / "base-eval", results_dir / "base"
-    with file_lock(out / "base-eval.lock"):
+    with file_lock(out / "base-eval.lock") if out.is_dir() else contextlib.nullcontext():
         if kept_facts(base_kept) is None:
             if not (base_eval / "metrics.json").is_file():
                 if args.report:

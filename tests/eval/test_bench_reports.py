@@ -84,6 +84,11 @@ def test_e3tir_report_reads_kept_results_and_keeps_finished_runs(tmp_path, monke
     with pytest.raises(SystemExit, match="limit"):
         run_script("bench_e3tir", [*argv[:5], "--limit", "8", "--seeds", "0"], monkeypatch)
 
+    # --report only reads: an --out that does not exist stays so
+    no_runs = tmp_path / "no-runs"
+    run_script("bench_e3tir", ["--report", "--out", str(no_runs), *argv[3:]], monkeypatch)
+    assert "seeds [0, 1]" in capsys.readouterr().out and not no_runs.exists()
+
 
 def test_calibration_report_reads_the_three_models_of_each_kept_seed(tmp_path, monkeypatch, capsys):
     results = tmp_path / "results"
