@@ -281,7 +281,8 @@ def test_prefix_cache_reuses_earlier_turns_and_shared_prompts(gen):
     assert reused >= sum(len(p) + len(c[0].token_ids) - 1 for p, c in zip(turn1, out1, strict=True))
 
 
-def test_prefix_cache_is_dropped_when_weights_change(tiny_model_path, tokenizer):
+@pytest.mark.parametrize("update", ["in-place write", "fused AdamW step"])
+def test_prefix_cache_is_dropped_when_weights_change(tiny_model_path, tokenizer, update):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_path)).eval()
@@ -289,9 +290,16 @@ def test_prefix_cache_is_dropped_when_weights_change(tiny_model_path, tokenizer)
     prompt = tokenizer.encode("A prompt that will be cached", add_special_tokens=False)
     first = g.generate([prompt], greedy(6))[0][0]
     assert len(g.prefix_store) == 1
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(1.5)  # what an optimizer step looks like to the cache: an in-place write
+    if update == "in-place write":
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(1.5)
+    else:  # a fused kernel does not bump the parameters' version counters
+        versions = [p._version for p in model.parameters()]
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.05, fused=True)
+        model(torch.tensor([prompt]), labels=torch.tensor([prompt])).loss.backward()
+        optimizer.step()
+        assert [p._version for p in model.parameters()] == versions
     second = g.generate([prompt], greedy(6))[0][0]
     fresh = HFGenerator(model, tokenizer, prefix_cache_bytes=0).generate([prompt], greedy(6))[0][0]
     assert second.token_ids == fresh.token_ids and second.logprobs == pytest.approx(fresh.logprobs, abs=1e-5)

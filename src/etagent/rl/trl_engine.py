@@ -150,8 +150,8 @@ class RolloutFunc:
 
         if isinstance(engine, HFGenerator):  # rollout.engine policy: the trained model itself
             # the weights changed since the last rollout step: prompt prefixes cached with the old
-            # ones are stale (the engine's own check misses the trainer's updates, whose parameter
-            # version counters stay put), and a run resumed here starts with no cache either
+            # ones are stale. The engine's own check samples the weights' values (a fused optimizer
+            # leaves version counters alone); here the update is known, so clear outright
             engine.clear_prefix_cache()
         if hasattr(engine, "rollout_begin"):  # vllm_colocate: awake for the whole rollout
             engine.rollout_begin(f"step{trainer.state.global_step}")

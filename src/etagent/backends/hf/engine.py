@@ -349,9 +349,14 @@ class HFGenerator(Generator):
         return LeanDecoder(self.model)
 
     def _weights_signature(self) -> int:
-        """Changes whenever a parameter is modified in place (optimizer steps, load_state_dict) or
-        replaced: torch bumps a tensor's version counter on every in-place write."""
-        return hash(tuple((id(p), p._version) for p in self.model.parameters()))
+        """Changes whenever the weights change: a parameter replaced, written in place (torch bumps
+        its version counter), or updated by a fused optimizer kernel, which leaves the counter
+        alone (``AdamW(fused=True)``, transformers' default optimizer): so a strided sample of
+        each parameter's values (at most 64 of them; a few milliseconds) is part of it too."""
+        params = list(self.model.parameters())
+        with torch.no_grad():
+            sums = torch.stack([p.reshape(-1)[:: max(1, p.numel() // 64)].float().sum() for p in params])
+        return hash((tuple((id(p), p._version) for p in params), sums.cpu().numpy().tobytes()))
 
     def _finish(self, row: _Row, params: SamplingParams) -> Completion:
         text, ids, stop, kept = trim_at_stop(self.tokenizer, row.ids, params.stop)
