@@ -32,7 +32,6 @@ import contextlib
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,13 +43,9 @@ from pathlib import Path
 
 import httpx
 
+from etagent.runtime import free_port
+
 JSON = {"content-type": "application/json"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -75,7 +70,7 @@ class Server:
 @contextlib.contextmanager
 def launch(*args: str, health: str = "/health", timeout: float = 300) -> Iterator[Server]:
     """``etagent <args>`` in a subprocess, on a free port; yields it once ``health`` answers 200."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "etagent.cli", *args, "--host", "127.0.0.1", "--port", str(port)],

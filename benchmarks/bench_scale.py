@@ -23,23 +23,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench_serving import _free_port, model_server  # the sibling script: benchmarks/ is on sys.path
+from bench_serving import model_server  # the sibling script: benchmarks/ is on sys.path
+from etagent.runtime import launch_argv
 
 
 def rl_step_seconds(processes: int, threads: int, steps: int, run_dir: Path) -> float:
     """Median seconds per RL step after the first (warm-up) one."""
-    launch = (
-        [
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            str(processes),
-            "--master_port",
-            str(_free_port()),
-        ]
-        if processes > 1
-        else []
-    )
     args = [
         "rl", "--model", "tiny", "--run-dir", str(run_dir), "--max-steps", str(steps),
         "--set", f"threads={threads}", "--set", "logging.report_to=none",
@@ -50,7 +39,10 @@ def rl_step_seconds(processes: int, threads: int, steps: int, run_dir: Path) -> 
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     done = subprocess.run(
-        [sys.executable, *launch, "-m", "etagent.cli", *args], capture_output=True, text=True, env=env
+        [sys.executable, *launch_argv(processes), "-m", "etagent.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
     )
     if done.returncode != 0:
         raise SystemExit(f"etagent rl on {processes} process(es) failed:\n{done.stderr[-3000:]}")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,17 +20,13 @@ from collections.abc import Iterator
 
 import httpx
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from etagent.runtime import free_port
 
 
 @contextlib.contextmanager
 def model_server(model: str, threads: int) -> Iterator[str]:
     """``etagent serve-model`` in a subprocess; yields its ``/v1`` URL once healthy."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "etagent.cli", "serve-model", "--model", model, "--port", str(port),

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,34 +14,17 @@ import pytest
 from safetensors.torch import load_file
 
 from etagent.backends.base import Completion, Generator, SamplingParams, trim_at_stop
+from etagent.runtime import launch_argv
 from tests.train.conftest import write_sft
 
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer_config.json")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _etagent(*args: str, processes: int = 1) -> None:
     """``etagent ARGS`` as ``torchrun --nproc_per_node PROCESSES`` runs it (plainly for 1)."""
-    launch = (
-        [
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            str(processes),
-            "--master_port",
-            str(_free_port()),
-        ]
-        if processes > 1
-        else []
-    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [sys.executable, *launch, "-m", "etagent.cli", *args],
+        [sys.executable, *launch_argv(processes), "-m", "etagent.cli", *args],
         capture_output=True,
         text=True,
         timeout=600,

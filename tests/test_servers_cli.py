@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -14,20 +13,15 @@ from typer.testing import CliRunner
 
 from etagent.io import read_records
 from etagent.records import Trajectory
+from etagent.runtime import free_port
 from tests.cli_helpers import invoke_ok
 
 runner = CliRunner()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def _server(*args: str, health: str, timeout: float = 120) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "etagent.cli", *args, "--host", "127.0.0.1", "--port", str(port)],
         stdout=subprocess.PIPE,

@@ -9,6 +9,7 @@ loads torch and transformers). Keep this module free of heavy imports: only the 
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 
@@ -41,3 +42,25 @@ def process_rank() -> int:
 def process_count() -> int:
     """How many processes the job has (``WORLD_SIZE``); 1 when alone."""
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on at this moment (for a server or a rendezvous started next)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def launch_argv(processes: int) -> list[str]:
+    """The Python arguments that run a module (``-m ...`` follows) on ``processes`` local
+    processes: ``torch.distributed.run`` with a free rendezvous port; none for one process."""
+    if processes <= 1:
+        return []
+    return [
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(processes),
+        "--master_port",
+        str(free_port()),
+    ]
