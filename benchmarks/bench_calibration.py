@@ -139,6 +139,9 @@ def policy_config(seed: int, sft: str, reward: tuple[float, float], args: argpar
             "max_steps": args.steps,
             "learning_rate": args.lr,
             "reward": {"sigma_tool": sigma_tool, "sigma_length": sigma_length},
+            # the same gradients bit for bit on the CPU (docs/cpu.md 11) at about half the peak
+            # memory: two seeds' RL steps side by side once exceeded 24 GB without it
+            "gradient_checkpointing": True,
         },
     }
     return seeded_demo_config(seed, args.threads, overrides)
