@@ -217,14 +217,13 @@ def main() -> None:
     runs: dict[int, dict[str, Path]] = {}
     for seed in args.seeds:
         dests = {name: results_dir / f"seed{seed}" / slug(name) for name in MODELS}
-        facts = [kept_facts(d) for d in dests.values()]
+        try:
+            facts = [kept_facts(d, settings(args)) for d in dests.values()]
+        except ValueError as e:
+            raise SystemExit(f"{e}: pass the same options") from None
         if any(f is None for f in facts):
             print(f"seed {seed}: no result kept in {results_dir}; left out")
             continue
-        for dest, f in zip(dests.values(), facts, strict=True):
-            made = {key: f.get(key) for key in settings(args)}
-            if made != settings(args):
-                raise SystemExit(f"{dest}: made with {made}, not {settings(args)}: pass the same options")
         runs[seed] = dests
     if not runs:
         raise SystemExit(f"no seed has its three results in {results_dir}")

@@ -121,6 +121,9 @@ def test_a_kept_result_holds_the_eval_and_its_facts_and_is_complete_only_with_th
 
     keep_result(eval_dir, dest, {"seed": 0, "cost": {"generated_tokens": 7}})
     assert kept_facts(dest) == {"seed": 0, "cost": {"generated_tokens": 7}}
+    assert kept_facts(dest, {"seed": 0}) == {"seed": 0, "cost": {"generated_tokens": 7}}
+    with pytest.raises(ValueError, match=r"seed0/arm: made with \{'seed': 0\}, not \{'seed': 1\}"):
+        kept_facts(dest, {"seed": 1})
     assert read_metrics(dest) == {"correctness": 1.0}
     assert read_scores(dest) == read_scores(eval_dir)
 

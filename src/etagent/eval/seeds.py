@@ -156,7 +156,17 @@ def keep_result(eval_dir: Path | None, dest: Path, facts: dict[str, Any]) -> Non
     atomic_write_json(dest / FACTS_FILE, facts)
 
 
-def kept_facts(dest: Path) -> dict[str, Any] | None:
-    """The facts of a result kept in ``dest`` by :func:`keep_result`, or None when none is kept."""
+def kept_facts(dest: Path, expected: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The facts of a result kept in ``dest`` by :func:`keep_result`, or None when none is kept.
+
+    With ``expected`` (the settings every result of one comparison must share), a kept result made
+    with other values of those keys raises ValueError naming ``dest`` and both sets of values."""
     path = Path(dest) / FACTS_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if not path.is_file():
+        return None
+    facts = json.loads(path.read_text(encoding="utf-8"))
+    if expected is not None:
+        made = {key: facts.get(key) for key in expected}
+        if made != expected:
+            raise ValueError(f"{dest}: made with {made}, not {expected}")
+    return facts
