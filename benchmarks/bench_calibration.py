@@ -6,9 +6,10 @@ start from it with the same seed, one with the correctness-only reward (sigma_to
 = 0, the released scripts) and one with the full ET-Agent reward (0.2 / 0.5), each through the
 pipeline's curriculum: ``--stages`` rounds of a Pareto stage (``--pool`` training questions
 sampled by the current policy, earlier stages' questions excluded, half selected) and ``--steps``
-RL steps on the selected questions; their first Pareto stage is the same and is sampled once. The
-three models are evaluated greedily on the tool world's test split. The method claims higher Effi
-and fewer redundant calls at no loss of correctness; this prints what it measures:
+RL steps on the selected questions; their first Pareto stage is the same (sampled once when one
+process trains both). The three models are evaluated greedily on the tool world's test split. The
+method claims higher Effi and fewer redundant calls at no loss of correctness; this prints what it
+measures:
 
 (a) per model, the mean over seeds of correctness, Effi, redundant- and insufficient-call rates,
 calls and model tokens, with 95% t-intervals across seeds (etagent.eval.seeds);
@@ -27,6 +28,13 @@ benchmarks/bench_e3tir.py, the same seeded warm-up).
     .venv/bin/python benchmarks/bench_calibration.py --sft 'runs/e3tir/seed{seed}/sft-rl/04-sft/model'
     .venv/bin/python benchmarks/bench_calibration.py --sft runs/demo-.../04-sft/model --seeds 0
     .venv/bin/python benchmarks/bench_calibration.py --report --results benchmarks/results/calibration
+
+``--policies`` trains only the named RL policies, so that one seed's two policies can run side by
+side in two processes sharing ``--out`` (``--threads 1`` each); the warm-up runs once, under a lock,
+and whichever process finishes last keeps the seed's results:
+
+    .venv/bin/python benchmarks/bench_calibration.py --seeds 2 --threads 1 --policies "GRPO sigma 0" &
+    .venv/bin/python benchmarks/bench_calibration.py --seeds 2 --threads 1 --policies ET-Agent
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ from etagent.eval.seeds import (
     read_scores,
 )
 from etagent.eval.stage import run_eval
+from etagent.io import file_lock
 from etagent.pipeline import pipeline_finished, run_pipeline
 
 ROWS = (
@@ -155,17 +164,18 @@ def run_seed(seed: int, args: argparse.Namespace) -> None:
     demo = seeded_demo_config(
         seed, args.threads, {"curriculum_stages": 0, "eval_base": False, "eval": eval_split}
     )
-    sft = fine_tuned(seed, args, demo, out)
-    sft_eval = eval_dirs(seed, args)[MODELS[0]]
-    if not (sft_eval / "metrics.json").is_file():  # --sft: not evaluated by the warm-up's pipeline
-        ev = demo.eval.model_copy(update={"agent": demo.eval.agent.with_model(sft)})
-        run_eval(ev, sft_eval)
+    with file_lock(Path(args.out) / f"seed{seed}.warmup.lock"):  # once for all processes (--policies)
+        sft = fine_tuned(seed, args, demo, out)
+        sft_eval = eval_dirs(seed, args)[MODELS[0]]
+        if not (sft_eval / "metrics.json").is_file():  # --sft: not evaluated by the warm-up's pipeline
+            ev = demo.eval.model_copy(update={"agent": demo.eval.agent.with_model(sft)})
+            run_eval(ev, sft_eval)
 
     first_pareto: Path | None = None
-    for name, reward in REWARDS.items():
-        run = out / slug(name)
+    for name in args.policies:
+        run, reward = out / slug(name), REWARDS[name]
         # Both policies start from the same model with the same seed, so their first Pareto stage
-        # is the same: the second resumes from a copy of the first's.
+        # is the same: in one process the second resumes from a copy of the first's.
         if first_pareto is not None and not (run / first_pareto.name).exists():
             shutil.copytree(first_pareto, run / first_pareto.name)
         run_pipeline(policy_config(seed, sft, reward, args), run)
@@ -183,6 +193,13 @@ def main() -> None:
     )
     ap.add_argument(
         "--stages", type=int, default=2, help="curriculum stages (Pareto sampling + RL) per policy"
+    )
+    ap.add_argument(
+        "--policies",
+        nargs="+",
+        choices=list(REWARDS),
+        default=list(REWARDS),
+        help="the RL policies to train (default both; one each in two processes to run them side by side)",
     )
     ap.add_argument("--pool", type=int, default=32, help="training questions each Pareto stage samples")
     ap.add_argument("--out", default="runs/calibration", help="output directory (resumable)")
@@ -225,6 +242,9 @@ def main() -> None:
             print(f"seed {seed}: no result kept in {results_dir}; left out")
             continue
         runs[seed] = dests
+    if not runs and not args.report and set(args.policies) != set(REWARDS):
+        print(f"the other policies' processes keep each seed's results once they finish: {MODELS[1:]}")
+        return
     if not runs:
         raise SystemExit(f"no seed has its three results in {results_dir}")
     args.seeds = list(runs)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,12 +19,16 @@ from tests.eval.test_seeds import _score
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
-def run_script(name: str, argv: list[str], monkeypatch) -> None:
+def load_script(name: str) -> Any:
     spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def run_script(name: str, argv: list[str], monkeypatch, module: Any = None) -> None:
     monkeypatch.setattr(sys, "argv", [name, *argv])
-    module.main()
+    (module or load_script(name)).main()
 
 
 def make_eval(eval_dir: Path, correct: list[float], calls: int = 1) -> Path:
@@ -110,3 +115,39 @@ def test_calibration_report_reads_the_three_models_of_each_kept_seed(tmp_path, m
     for option in ("--steps", "--stages"):  # results of another design are not mixed in
         with pytest.raises(SystemExit, match=option[2:]):
             run_script("bench_calibration", [*argv, option, "3"], monkeypatch)
+
+
+def test_calibration_policies_in_separate_processes_keep_the_seed_once_both_finished(
+    tmp_path, monkeypatch, capsys
+):
+    """``--policies`` trains only the named policies (one per process, side by side); the process
+    that finishes first keeps nothing and exits cleanly, the last one keeps all three results."""
+    bench = load_script("bench_calibration")
+    out, results, pipelines = tmp_path / "runs", tmp_path / "results", []
+
+    def fake_warmup(seed, args, demo, seed_out):
+        make_eval(seed_out / "warmup" / "07-eval" / "sft", [1, 0, 0, 0])
+        return "fine-tuned-model"
+
+    def fake_pipeline(cfg, run):
+        assert cfg.base_model == "fine-tuned-model"
+        pipelines.append((run.name, cfg.rl.reward.sigma_tool))
+        make_eval(run / "07-eval" / "rl", [1, 1, 0, 0])
+        atomic_write_json(run / "pipeline.json", {"report": "report.html"})
+
+    monkeypatch.setattr(bench, "fine_tuned", fake_warmup)
+    monkeypatch.setattr(bench, "run_pipeline", fake_pipeline)
+    argv = ["--seeds", "0", "--out", str(out), "--results", str(results), "--limit", "4", "--threads", "1"]
+    run_script("bench_calibration", [*argv, "--policies", "ET-Agent"], monkeypatch, bench)
+    assert pipelines == [("ET-Agent", 0.2)]
+    assert "the other policies' processes keep" in capsys.readouterr().out
+    assert not (results / "seed0").exists()
+
+    run_script("bench_calibration", [*argv, "--policies", "GRPO sigma 0"], monkeypatch, bench)
+    assert pipelines[1:] == [("GRPO-sigma-0", 0.0)]
+    assert "seeds [0]" in capsys.readouterr().out
+    assert sorted(p.name for p in (results / "seed0").iterdir()) == [
+        "ET-Agent",
+        "GRPO-sigma-0",
+        "fine-tuned-only",
+    ]
