@@ -6,7 +6,15 @@ import pytest
 from pydantic import Field
 
 from etagent.config import ConfigError, ConfigModel, load_config
-from etagent.io import DataError, JsonlAppender, atomic_write_text, iter_jsonl, read_records, repair_torn_tail
+from etagent.io import (
+    DataError,
+    JsonlAppender,
+    atomic_write_text,
+    file_lock,
+    iter_jsonl,
+    read_records,
+    repair_torn_tail,
+)
 from etagent.records import Question
 
 
@@ -119,6 +127,34 @@ def test_atomic_write_never_exposes_a_partial_file(tmp_path):
     for p in procs:
         p.join()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def _hold_lock(lock: str, log: str, k: int) -> None:
+    import time
+
+    for _ in range(5):
+        with file_lock(lock), open(log, "a") as f:
+            f.write(f"{k} in\n")
+            f.flush()
+            time.sleep(0.02)  # the other process tries to enter meanwhile
+            f.write(f"{k} out\n")
+
+
+def test_file_lock_lets_one_process_in_at_a_time(tmp_path):
+    """Processes sharing a run directory (bench_calibration --policies) run its warm-up once."""
+    lock, log = tmp_path / "runs" / "seed0.lock", tmp_path / "log"
+    procs = [
+        mp.get_context("fork").Process(target=_hold_lock, args=(str(lock), str(log), k)) for k in range(2)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+        assert p.exitcode == 0
+    lines = log.read_text().splitlines()
+    assert len(lines) == 20
+    for enter, leave in zip(lines[::2], lines[1::2], strict=True):  # never interleaved
+        assert enter.endswith(" in") and leave == enter.replace(" in", " out")
 
 
 CONFIGS = Path(__file__).parents[1] / "configs"
