@@ -22,9 +22,10 @@ t(1)). The prefix store is off so each call does the same prefill. Best of ``--r
 Each batch size is measured twice in the same run, alternating: with the engine's lean decode
 step (``hf.lean_decode``, the default) and with every step through the model's forward (the
 previous path); the ratio is printed. A third figure is the step's matrix products alone
-(``F.linear`` over the model's weights at batch 1, no other op): with torch's CPU kernels that
-is as fast as a batch-1 step can get, whatever the Python around it. Goal: batch 1 at >= 50% of
-the bandwidth bound.
+over the model's weights at batch 1, no other op, twice: through ``F.linear`` (one thread's
+matrix-vector product on the CPU) and through the lean step's ``_linear`` (blocks of rows on all
+threads): that is as fast as a batch-1 step can get with those kernels, whatever the Python
+around it. Goal: batch 1 at >= 50% of the bandwidth bound.
 
     .venv/bin/python benchmarks/bench_decode.py [--new-tokens 64] [--batches 1 16] [--threads 0]
         [--dtype auto|float32|bfloat16] [--no-compare]
@@ -83,11 +84,11 @@ def matmul_flops(device, dtype, repeat: int) -> float:
     return 2 * 1024**3 / best_time(lambda: a @ b, repeat, device)
 
 
-def matmul_step_time(model, repeat: int) -> float:
-    """Seconds of one batch-1 step's matrix products alone: every ``nn.Linear`` of the model
-    (the output projection included) on a [1, in] input, back to back, best of ``repeat``."""
+def matmul_step_time(model, repeat: int, linear) -> float:
+    """Seconds of one batch-1 step's matrix products alone: ``linear(module, x)`` for every
+    ``nn.Linear`` of the model (the output projection included) on a [1, in] input, back to back,
+    best of ``repeat``."""
     import torch
-    import torch.nn.functional as F
 
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     p = next(model.parameters())
@@ -96,7 +97,7 @@ def matmul_step_time(model, repeat: int) -> float:
     def step() -> None:
         with torch.inference_mode():
             for m in linears:
-                F.linear(inputs[m.in_features], m.weight, m.bias)
+                linear(m, inputs[m.in_features])
 
     return best_time(step, repeat, p.device)
 
@@ -169,12 +170,20 @@ def main() -> None:
         f"B x that at batch B (KV-cache reads and compute ignored)"
     )
 
-    mm_s = matmul_step_time(model, repeat=5)
-    print(
-        f"batch-1 matrix products alone: {1e3 * mm_s:.1f} ms/step = {weight_bytes / mm_s / 1e9:.1f} GB/s "
-        f"of weights -> {1 / mm_s:.1f} tok/s = {1 / mm_s / step_bound:.0%} of the bandwidth bound "
-        f"(the most a batch-1 step can reach with these kernels)"
-    )
+    import torch.nn.functional as F
+
+    from etagent.backends.hf.lean import _linear
+
+    for label, linear in (
+        ("F.linear", lambda m, x: F.linear(x, m.weight, m.bias)),
+        ("the lean step's (row blocks on all threads)", _linear),
+    ):
+        mm_s = matmul_step_time(model, 5, linear)
+        print(
+            f"batch-1 matrix products alone, {label}: {1e3 * mm_s:.1f} ms/step = "
+            f"{weight_bytes / mm_s / 1e9:.1f} GB/s of weights -> {1 / mm_s:.1f} tok/s = "
+            f"{1 / mm_s / step_bound:.0%} of the bandwidth bound (the most a batch-1 step can reach with them)"
+        )
 
     questions = load_split("dev")
     paths = [("lean", True)] if args.no_compare else [("previous", False), ("lean", True)]

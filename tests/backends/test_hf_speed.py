@@ -14,7 +14,7 @@ from etagent.backends.base import SamplingParams
 from etagent.backends.config import BackendConfig
 from etagent.backends.hf import HFConfig, HFGenerator
 from etagent.backends.hf.device import cpu_bf16_flags, resolve_dtype
-from etagent.backends.hf.lean import LeanDecoder, _linear, _rms_norm, _rope
+from etagent.backends.hf.lean import LeanDecoder, _linear, _matvec, _rms_norm, _rope
 from tests.backends.scripted import MarkovLM
 
 TEXTS = [
@@ -94,6 +94,75 @@ def test_lean_ops_equal_transformers_ops_bit_for_bit(dtype):
         x = torch.randn(b, 64, dtype=dtype)
         tol = 1e-5 if dtype is torch.float32 else 2e-2
         torch.testing.assert_close(_linear(lin, x), lin(x), atol=tol, rtol=tol)
+
+
+@pytest.fixture()
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_one_row_products_run_in_row_blocks_on_all_threads(two_threads, monkeypatch):
+    """A one-row product is split into one block of rows per thread (torch's matrix-vector product
+    runs on one thread), into fewer blocks when the rows do not divide evenly, and not at all for
+    a weight that is not contiguous; the result is F.linear's up to float rounding."""
+    blocks: list[int] = []
+    bmm = torch.bmm
+
+    def counting(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        blocks.append(a.shape[0])
+        return bmm(a, b)
+
+    monkeypatch.setattr(torch, "bmm", counting)
+    torch.manual_seed(0)
+    x = torch.randn(1, 64)
+    for out, expected in ((48, [2]), (7, [])):
+        w = torch.randn(out, 64)
+        blocks.clear()
+        torch.testing.assert_close(_matvec(w, x), torch.nn.functional.linear(x, w), atol=1e-5, rtol=1e-5)
+        assert blocks == expected
+    torch.set_num_threads(1)
+    blocks.clear()
+    _matvec(torch.randn(48, 64), x)
+    assert blocks == []
+    torch.set_num_threads(2)
+    blocks.clear()
+    w = torch.randn(64, 48).t()  # [48, 64], not contiguous
+    torch.testing.assert_close(_matvec(w, x), torch.nn.functional.linear(x, w), atol=1e-5, rtol=1e-5)
+    assert blocks == []
+
+
+def test_row_counts_past_eight_are_padded_to_a_multiple_of_eight(monkeypatch):
+    """From 9 rows on the product runs on a multiple of 8 rows (zeros added), and the real rows
+    come back as F.linear gives them up to float rounding; up to 8 rows nothing is added."""
+    widths: list[int] = []
+    original = torch.Tensor.__matmul__
+
+    def recording(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        widths.append(b.shape[1])
+        return original(a, b)
+
+    monkeypatch.setattr(torch.Tensor, "__matmul__", recording)
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 48, bias=True)
+    for rows, width in ((2, 2), (8, 8), (9, 16), (15, 16), (16, 16), (17, 24)):
+        x = torch.randn(rows, 64)
+        widths.clear()
+        y = _linear(lin, x)
+        assert widths == [width]
+        assert y.shape == (rows, 48) and y.is_contiguous()
+        torch.testing.assert_close(y, lin(x), atol=1e-5, rtol=1e-5)
+
+
+def test_lean_decode_on_two_threads_gives_the_forwards_tokens(tiny_gen, prompts, steps, two_threads):
+    """With one row's products split over two threads, greedy tokens and their log-probs match the
+    model's forward, at one row and at five."""
+    params = SamplingParams(max_new_tokens=16, temperature=0.0, logprobs=3)
+    for batch in (prompts[:1], prompts):
+        lean, plain = both_paths(tiny_gen, batch, params, steps)
+        assert_same(lean, plain)
 
 
 def test_lean_decode_equals_the_models_forward(tiny_gen, prompts, steps):

@@ -68,18 +68,47 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch
     return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin_signed
 
 
+#: from this many rows on, :func:`_linear` pads the rows to a multiple of it
+_ROW_BLOCK = 8
+
+
 def _linear(m: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """``m(x)`` for x [b, in] -> [b, out]. From 2 rows on as ``(W @ x^T)^T``: the same products,
-    but MKL's GEMM with the weight [out, in] as the left operand was 1.3-1.5x faster at 2-16 rows
-    than ``F.linear``'s ``x @ W^T`` on the 2-core AMD CPU (all of the 135M model's matrices, fp32;
-    equal up to float rounding, as rows decoded alone or in a batch already are). One row keeps
-    ``F.linear``, which was as fast or faster there."""
-    if x.shape[0] == 1:
-        return F.linear(x, m.weight, m.bias)
-    # [out, b] -> [b, out], made contiguous: torch's CPU flash-attention kernel (attention.py's
-    # _FLASH_CPU, called directly) reads its inputs as if their last dimension were contiguous
-    y = (m.weight @ x.t()).t().contiguous()
+    """``m(x)`` for x [b, in] -> [b, out]. One row through :func:`_matvec`; from 2 rows on as
+    ``(W @ x^T)^T``: the same products, but MKL's GEMM with the weight [out, in] as the left
+    operand was 1.3-1.5x faster at 2-16 rows than ``F.linear``'s ``x @ W^T`` on the 2-core AMD CPU
+    (all of the 135M model's matrices, fp32; equal up to float rounding, as rows decoded alone or
+    in a batch already are). Past 8 rows the rows are padded with zeros to a multiple of 8: there
+    the GEMM took up to 2x longer for a row count that is not (a step's matrix products at 15 rows:
+    133 ms, at 16: 70 ms; 12: 92 ms; 28: 118 ms, 32: 95 ms), so a batch that rows have left
+    stepped slower than the full one."""
+    b = x.shape[0]
+    if b == 1:
+        y = _matvec(m.weight, x)
+    else:
+        pad = -b % _ROW_BLOCK if b > _ROW_BLOCK else 0
+        xt = x.t() if not pad else torch.cat((x, x.new_zeros(pad, x.shape[1]))).t()  # [in, b + pad]
+        # [out, b] -> [b, out], made contiguous: torch's CPU flash-attention kernel (attention.py's
+        # _FLASH_CPU, called directly) reads its inputs as if their last dimension were contiguous
+        y = (m.weight @ xt)[:, :b].t().contiguous()
     return y if m.bias is None else y + m.bias
+
+
+def _matvec(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``x @ w^T`` for one row x [1, in], w [out, in] -> [1, out], on all of torch's threads.
+    ``F.linear`` of one row is a matrix-vector product, which torch's CPU build runs on one thread
+    (MKL's sgemv took the same time with 1 and 2 threads, reading weights at ~12 GB/s where two
+    threads copy memory at ~27 GB/s). Split into as many equal blocks of rows as there are
+    threads, as one batched product, the blocks run in parallel: the 135M model's matrix products
+    of a batch-1 step took 1.4x less time on the 2-core AMD CPU (``benchmarks/bench_decode.py``
+    prints both). Equal to ``F.linear`` up to float rounding (another kernel sums the products)."""
+    out = w.shape[0]
+    parts = min(torch.get_num_threads(), out)
+    while out % parts:
+        parts -= 1
+    if parts == 1 or not w.is_contiguous():
+        return F.linear(x, w)
+    # [parts, out/parts, in] @ [parts, in, 1] -> [parts, out/parts, 1], i.e. [1, out] in order
+    return torch.bmm(w.view(parts, out // parts, -1), x.t().expand(parts, -1, 1)).view(1, out)
 
 
 class LeanDecoder:
