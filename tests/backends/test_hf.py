@@ -354,3 +354,30 @@ def test_prefix_store_eviction_and_coverage():
     assert store.longest([1, 2, 3])[0] == 0 and store.longest([7, 8])[0] == 2
     store.add(list(range(20)), kv(20))  # larger than the whole budget: not kept
     assert store.longest([0, 1])[0] == 0 and store.nbytes <= store.max_bytes
+
+
+def test_stats_count_the_prefills_and_every_decode_step(gen):
+    """``stats`` sums what generate() did: one decode row per token that was followed by another
+    step (a row's last token needs none unless it was eos, which ends it after its step), and a
+    prefill for the first rows and for every group of rows joining the running batch."""
+    from etagent.backends.hf import GenerateStats
+
+    tok = gen.tokenizer
+    prompts = [tok.encode(f"Item {i}: the quick brown fox", add_special_tokens=False) for i in range(6)]
+    small = HFGenerator(gen.model, tok, batch_size=4)
+    first = small.generate(prompts, greedy(10, stop=["e"]))
+    stats = small.stats
+    assert stats.prefills >= 2, "the two rows beyond the batch's 4 join in a second prefill"
+    done = [c[0] for c in first]
+    assert {c.finish_reason for c in done} <= {"stop", "length", "eos"}
+    assert stats.decode_rows == sum(len(c.token_ids) - (c.finish_reason != "eos") for c in done)
+    longest = max(len(c.token_ids) for c in done)
+    assert longest - 1 <= stats.decode_steps <= stats.decode_rows
+    assert stats.prefill_s > 0 and stats.decode_s > 0
+    before = stats.decode_rows
+    one = small.generate(prompts[:1], greedy(3))[0][0]  # summed over calls
+    assert small.stats.decode_rows == before + len(one.token_ids) - (one.finish_reason != "eos")
+    small.stats = GenerateStats()  # afresh
+    small.generate(prompts[:1], greedy(3))
+    assert small.stats.prefills == 1
+    assert small.stats.decode_rows == len(one.token_ids) - (one.finish_reason != "eos")

@@ -43,11 +43,16 @@ The decode step itself (:mod:`.lean`, for stock Llama models on the CPU) runs th
 directly instead of through transformers' modules: profiled at batch 1 (64 tokens), the
 previous path spent ~40% of a step outside the matrix products (module calls, hooks, a mask
 rebuilt every step, 7-op RMSNorm and rotary embedding per use). With it, ``bench_decode.py``
-measured 1.2x the previous path at batch 1 (65 vs 79 ms a step, load 2-5), of which the matrix
-products alone take ~43 ms: MKL's fp32 matrix-vector product reads the weights at ~12 GB/s
-whatever the thread count, about half the machine's 2-thread copy rate, so a batch-1 step stays
-at ~45% of the bandwidth bound on a quiet machine. torch.compile was not used: the step's time
-is in those MKL calls, which Inductor on the CPU calls as well, and the growing cache would
+measured 1.2x the previous path at batch 1 (65 vs 79 ms a step, load 2-5). What was left was
+the matrix products, ~43 ms through ``F.linear``: torch runs a one-row product as MKL's fp32
+matrix-vector product on one thread (~12 GB/s of weights whatever the thread count, half the
+machine's 2-thread copy rate). The lean step splits each weight's rows into one block per
+thread and runs the blocks as one batched product, which torch spreads over the threads: a
+batch-1 step then took 39 ms against 57 ms for the previous path, 53% of the bandwidth bound on a
+quiet machine. From 9 rows on it pads the rows to a multiple of 8, since MKL's GEMM took up to
+2x longer at other row counts (15 rows: 133 ms of matrix products a step, 16 rows: 70 ms), so a
+batch that rows had left stepped slower than a full one. torch.compile was not used: the step's
+time is in those MKL calls, which Inductor on the CPU calls as well, and the growing cache would
 need a static rewrite and minutes of compilation on 2 cores.
 
 The modules, one job each:
@@ -74,6 +79,7 @@ from etagent.backends.hf.config import HFConfig
 #: imported on first use: the engine pulls in torch and transformers (seconds), which checking a
 #: config that names this backend (``HFConfig``) must not cost
 _LAZY = {
+    "GenerateStats": "etagent.backends.hf.engine",
     "HFGenerator": "etagent.backends.hf.engine",
     "PrefixStore": "etagent.backends.hf.prefix_store",
     "default_prefix_cache_bytes": "etagent.backends.hf.prefix_store",
@@ -89,6 +95,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "GenerateStats",
     "HFConfig",
     "HFGenerator",
     "PrefixStore",

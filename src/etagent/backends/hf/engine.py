@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -91,6 +92,19 @@ def _prefill_groups(new: list[int]) -> list[list[int]]:
 
 #: the cost of one more prefill forward pass, in tokens of prefill (see _prefill_groups)
 _GROUP_COST = 48
+
+
+@dataclass
+class GenerateStats:
+    """Where ``generate()`` calls spent their time, summed over calls (start afresh by assigning
+    a new one to ``HFGenerator.stats``). On a GPU, kernels run asynchronously: a phase's time
+    may show up in the next one's."""
+
+    prefill_s: float = 0.0  #: forward passes over prompts: a batch's first rows and rows joining it
+    prefills: int = 0  #: prefills run (each of one or more forward passes)
+    decode_s: float = 0.0  #: decode steps: one token for every row of the batch
+    decode_steps: int = 0
+    decode_rows: int = 0  #: rows over all decode steps (tokens decoded)
 
 
 @dataclass
@@ -211,6 +225,7 @@ class HFGenerator(Generator):
         #: False: every step through the model's forward (the previous path, for comparison)
         self.lean_decode = lean_decode
         self._lean_off_logged: str | None = None  # why the lean step did not apply, logged once
+        self.stats = GenerateStats()
         eos: set[int] = set()
         gen_cfg = getattr(model, "generation_config", None)
         for value in (getattr(gen_cfg, "eos_token_id", None), tokenizer.eos_token_id):
@@ -597,6 +612,13 @@ class HFGenerator(Generator):
             rows, logits[expand], cache, mask[expand], next_pos, seen, shared, params.max_new_tokens
         )
 
+    def _timed_start(self, *args: Any) -> _Batch:
+        t0 = time.perf_counter()
+        batch = self._start(*args)
+        self.stats.prefill_s += time.perf_counter() - t0
+        self.stats.prefills += 1
+        return batch
+
     def _decode(
         self,
         rows: list[_Row],
@@ -616,7 +638,7 @@ class HFGenerator(Generator):
             return [pending.pop() for _ in range(min(k, len(pending)))]
 
         refill_at = max(1, self.batch_size // 4)  # free slots worth a prefill and a cache copy
-        batch = self._start(take(self.batch_size), prompt_ids, params)
+        batch = self._timed_start(take(self.batch_size), prompt_ids, params)
         stops = params.stop
         # A stop string of L bytes lies within the last L tokens (every token is >= 1 byte); one
         # more token keeps a leading-space-stripping decoder (SentencePiece) from eating its start.
@@ -663,6 +685,7 @@ class HFGenerator(Generator):
                 batch.mask = torch.cat(
                     [batch.mask, batch.mask.new_ones((len(batch.rows), 1))], dim=1
                 )  # [b, T+1]
+                t0 = time.perf_counter()
                 if lean is not None:
                     batch.logits = lean.step(tok, batch.next_pos, batch.mask, batch.cache, batch.shared)
                 else:
@@ -673,10 +696,13 @@ class HFGenerator(Generator):
                         position_ids=batch.next_pos[:, None],  # [b, 1]
                         past_key_values=batch.cache,
                     )
+                self.stats.decode_s += time.perf_counter() - t0
+                self.stats.decode_steps += 1
+                self.stats.decode_rows += len(batch.rows)
                 batch.next_pos = batch.next_pos + 1
             free = self.batch_size - len(batch.rows)
             if pending and (not batch.rows or (self._growing_cache and free >= refill_at)):
-                joining = self._start(take(free), prompt_ids, params, batch if batch.rows else None)
+                joining = self._timed_start(take(free), prompt_ids, params, batch if batch.rows else None)
                 if batch.rows:
                     batch.stack(joining, params.max_new_tokens)
                 else:
