@@ -34,10 +34,11 @@ prompts sampled up to 128 tokens with stop strings: 16.5 s here vs 26.8 s for
 ``generate(stop_strings=...)``, and 4.8x faster than the same prompts one at a time (79.9 s).
 ``benchmarks/bench_rollout.py`` (16 tool-world trajectories, 2 few-shot examples, greedy, 757
 model tokens, 2 threads, empty prefix store at the start of each run), median of 2 alternating
-runs in one process: batched 32.6 s (before the shared prefix and the prefill groups:
-48.2 s), one trajectory at a time 77.7 s (79.0 s). What is left of the batched run
-is the prefill of the tool results (~2,400 tokens, ~9 s, the same work one at a time) and
-the 127 steps of its longest trajectory, of which 45 run with two rows at ~160 ms a step.
+runs in one process on a quiet machine (2026-12-05): batched 17.8 s, one trajectory at a time
+45.1 s (an older measurement, before the shared prefix and the prefill groups: batched 48.2 s).
+What is left of the batched run is its prefill (7.9 s: the tool results and questions, the same
+work one at a time, where it took 10.2 s) and the 126 decode steps its longest trajectory sets
+(9.2 s, 5.9 rows a step on average); ``GenerateStats`` (``HFGenerator.stats``) counts both.
 
 The decode step itself (:mod:`.lean`, for stock Llama models on the CPU) runs the layers' ops
 directly instead of through transformers' modules: profiled at batch 1 (64 tokens), the
@@ -48,8 +49,8 @@ the matrix products, ~43 ms through ``F.linear``: torch runs a one-row product a
 matrix-vector product on one thread (~12 GB/s of weights whatever the thread count, half the
 machine's 2-thread copy rate). The lean step splits each weight's rows into one block per
 thread and runs the blocks as one batched product, which torch spreads over the threads: a
-batch-1 step then took 39 ms against 57 ms for the previous path, 53% of the bandwidth bound on a
-quiet machine. From 9 rows on it pads the rows to a multiple of 8, since MKL's GEMM took up to
+batch-1 step then took 39-43 ms against 57-62 ms for the previous path, 50-53% of the bandwidth
+bound on a quiet machine. From 9 rows on it pads the rows to a multiple of 8, since MKL's GEMM took up to
 2x longer at other row counts (15 rows: 133 ms of matrix products a step, 16 rows: 70 ms), so a
 batch that rows had left stepped slower than a full one. torch.compile was not used: the step's
 time is in those MKL calls, which Inductor on the CPU calls as well, and the growing cache would

@@ -12,7 +12,7 @@ same values bit for bit. The matrix products run on all threads at one row (bloc
 weight's rows, :func:`_matvec`; on one thread it is the transformers path exactly) and as
 ``W @ x^T``, on a multiple of 8 rows from 9 rows on, from 2 rows on (:func:`_linear`), equal up
 to float rounding (greedy tokens equal on the tests' and bench prompts, log-probs within ~2e-5).
-Measured by ``benchmarks/bench_decode.py`` on 2 cores: 1.46x the previous path at batch 1 (53%
+Measured by ``benchmarks/bench_decode.py`` on 2 cores: 1.45x the previous path at batch 1 (50-53%
 of the memory-bandwidth bound), 1.2x at 16; a step of 15 rows 1.9x faster than unpadded.
 
 It applies only where it is exactly the model's computation: a ``LlamaForCausalLM`` of stock
