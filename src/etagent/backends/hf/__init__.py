@@ -50,9 +50,9 @@ matrix-vector product on one thread (~12 GB/s of weights whatever the thread cou
 machine's 2-thread copy rate). The lean step splits each weight's rows into one block per
 thread and runs the blocks as one batched product, which torch spreads over the threads: a
 batch-1 step then took 39-43 ms against 57-62 ms for the previous path, 50-53% of the bandwidth
-bound on a quiet machine. From 9 rows on it pads the rows to a multiple of 8, since MKL's GEMM took up to
-2x longer at other row counts (15 rows: 133 ms of matrix products a step, 16 rows: 70 ms), so a
-batch that rows had left stepped slower than a full one. torch.compile was not used: the step's
+bound on a quiet machine. From 9 rows on it pads the rows to a multiple of 8, since MKL's GEMM
+took up to 2x longer at other row counts (15 rows: 133 ms of matrix products a step, 16 rows:
+70 ms), so a batch that rows had left stepped slower than a full one. torch.compile was not used: the step's
 time is in those MKL calls, which Inductor on the CPU calls as well, and the growing cache would
 need a static rewrite and minutes of compilation on 2 cores.
 
