@@ -46,7 +46,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from etagent.backends.config import BackendConfig, build_generator
-    from etagent.backends.hf import HFConfig
+    from etagent.backends.hf import GenerateStats, HFConfig
     from etagent.loop.agent_loop import AgentLoop, BudgetConfig, SamplingConfig
     from etagent.tasks.toolworld import ToolWorldTask
     from etagent.tools.config import ToolsConfig, build_tools
@@ -91,8 +91,7 @@ def main() -> None:
             return generate(prompts, params)
 
         generator.generate = counting
-        if hasattr(generator, "stats"):
-            generator.stats = type(generator.stats)()  # the hf engine's time by phase, this run only
+        generator.stats = GenerateStats()  # time by phase, this run only
         t0 = time.perf_counter()
         try:
             trajs = loop.run(qs, n=1)
@@ -107,7 +106,7 @@ def main() -> None:
             "prompt": prompt_tokens,
             "cached": (store.hits - hits0) if store is not None else 0,
             "ids": [t.response_ids for t in trajs],
-            "phases": getattr(generator, "stats", None),
+            "phases": generator.stats,
         }
 
     # warm-up: first-call allocations, thread pools, tool workers (and, with --keep-cache, the store)
@@ -151,10 +150,8 @@ def breakdown(runs: dict[str, list[dict]]) -> None:
     the ratio: prefill is the same work in both (the same uncached prompt tokens), batching it
     gains little, so the batched run's prefill and its time outside the model bound the ratio even
     if its decode steps cost nothing; with each of its steps costing what one sequential one-row
-    step does (perfect batching), the bound is lower still. Printed only for the hf engine."""
+    step does (perfect batching), the bound is lower still."""
     seq, bat = runs["sequential"][0], runs["batched"][0]
-    if seq["phases"] is None or bat["phases"] is None:
-        return
     for name, r in (("sequential", seq), ("batched", bat)):
         p = r["phases"]
         other = r["s"] - p.prefill_s - p.decode_s

@@ -587,6 +587,7 @@ class HFGenerator(Generator):
     ) -> _Batch:
         """Prefill the prompts of ``rows`` (once per distinct prompt) into a new batch, to join
         ``running`` when given."""
+        started = time.perf_counter()
         device = self.device
         uniq = list(dict.fromkeys(r.prompt for r in rows))
         total = len(rows) + (len(running.rows) if running is not None else 0)
@@ -608,16 +609,11 @@ class HFGenerator(Generator):
             for b, r in enumerate(rows):
                 seen[b, torch.tensor(prompt_ids[r.prompt], device=device)] = True
         next_pos = torch.tensor([len(prompt_ids[r.prompt]) for r in rows], device=device)
+        self.stats.prefill_s += time.perf_counter() - started
+        self.stats.prefills += 1
         return _Batch(
             rows, logits[expand], cache, mask[expand], next_pos, seen, shared, params.max_new_tokens
         )
-
-    def _timed_start(self, *args: Any) -> _Batch:
-        t0 = time.perf_counter()
-        batch = self._start(*args)
-        self.stats.prefill_s += time.perf_counter() - t0
-        self.stats.prefills += 1
-        return batch
 
     def _decode(
         self,
@@ -638,7 +634,7 @@ class HFGenerator(Generator):
             return [pending.pop() for _ in range(min(k, len(pending)))]
 
         refill_at = max(1, self.batch_size // 4)  # free slots worth a prefill and a cache copy
-        batch = self._timed_start(take(self.batch_size), prompt_ids, params)
+        batch = self._start(take(self.batch_size), prompt_ids, params)
         stops = params.stop
         # A stop string of L bytes lies within the last L tokens (every token is >= 1 byte); one
         # more token keeps a leading-space-stripping decoder (SentencePiece) from eating its start.
@@ -702,7 +698,7 @@ class HFGenerator(Generator):
                 batch.next_pos = batch.next_pos + 1
             free = self.batch_size - len(batch.rows)
             if pending and (not batch.rows or (self._growing_cache and free >= refill_at)):
-                joining = self._timed_start(take(free), prompt_ids, params, batch if batch.rows else None)
+                joining = self._start(take(free), prompt_ids, params, batch if batch.rows else None)
                 if batch.rows:
                     batch.stack(joining, params.max_new_tokens)
                 else:
