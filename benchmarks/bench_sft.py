@@ -50,8 +50,7 @@ def expert_sft_file(questions: int, out: Path) -> Path:
     cfg = RolloutConfig(
         data="toolworld:train",
         limit=questions,
-        backend=BackendConfig(kind="expert"),
-        sampling=SamplingConfig(temperature=0.0),
+        agent={"backend": BackendConfig(kind="expert"), "sampling": SamplingConfig(temperature=0.0)},
     )
     run_rollout(cfg, out / "rollout")
     trajectories = read_records(out / "rollout" / cfg.output, Trajectory)

@@ -419,3 +419,29 @@ def test_rl_command_keeps_trl_metric_dicts_off_the_console(tiny_model_path, tmp_
     assert "`past_key_values` is deprecated" not in console
     assert "`is_gradient_checkpointing` is deprecated" not in console
     assert "`past_key_values`/`cache_params` are deprecated" not in console
+
+
+def test_bf16_precision_runs_the_policy_update_under_autocast_over_fp32_weights(
+    tiny_model_path, tmp_path, tokenizer
+):
+    """precision: bfloat16 on the CPU (auto picks it where the CPU has native bf16): the policy
+    update's matrix products run in bf16, the weights the optimizer updates stay fp32."""
+    from tests.train.test_precision import _matmul_dtypes
+
+    trainer = _scripted_trainer(
+        tiny_model_path,
+        tmp_path,
+        tokenizer,
+        TWO_QUESTIONS,
+        [_script("42", ["alpha"]), _script("7", [])],
+        use_arpo=False,
+        max_steps=1,
+        precision="bfloat16",
+    )
+    assert trainer.args.bf16 is True
+    seen = _matmul_dtypes(trainer.model)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    assert seen and set(seen) == {torch.bfloat16}
+    assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
+    assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())  # it learned

@@ -14,6 +14,7 @@ from etagent.rl.e3.config import E3Config
 from etagent.rollout.stage import DATA_HELP, TASK_HELP
 from etagent.scoring.reward import RewardConfig
 from etagent.tasks import DataRef, resolve_data
+from etagent.train.precision import TRAINING_PRECISION_HELP, TrainingPrecision
 from etagent.train.save import SAVE_DTYPE_HELP, SaveDtype
 
 
@@ -168,6 +169,7 @@ class RLConfig(ConfigModel):
     seed: int = 0
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = all cores")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: TrainingPrecision = Field("auto", description=TRAINING_PRECISION_HELP)
     gradient_checkpointing: bool = Field(
         False, description="trade compute for memory in the backward pass (slower on CPU)"
     )

@@ -54,6 +54,7 @@ from etagent.rl.weight_sync import ServerWeightSync, install_server_engine, serv
 from etagent.scoring.correctness import AnswerCheck
 from etagent.tools.base import Tool
 from etagent.train.compat import checkpointing_arg
+from etagent.train.precision import training_uses_bf16
 from etagent.train.progress import UpdateProgress, send_metric_dicts_to_log
 from etagent.train.save import save_trainer_model
 from etagent.train.sft import is_model_dir, newest_complete_checkpoint
@@ -384,7 +385,7 @@ def grpo_args(cfg: RLConfig, run_dir: Path, use_cpu: bool, bf16: bool) -> Any:
     return GRPOConfig(
         output_dir=str(run_dir / CHECKPOINTS),
         use_cpu=use_cpu,
-        bf16=bf16,  # False on CPU: TRL's default bf16 is 7x slower there (docs/cpu.md 6.1)
+        bf16=bf16,  # TRL's default is True: 7-15x slower on a CPU without native bf16 (docs/cpu.md 6.1, 10)
         report_to=report_to(cfg),
         logging_steps=1,
         max_steps=cfg.max_steps * u,
@@ -438,8 +439,10 @@ def _server_root(cfg: RLConfig) -> str:
     return server_root(urls if isinstance(urls, str) else urls[0])
 
 
-def _load_policy(cfg: RLConfig) -> tuple[Any, Any, bool]:
-    """(model, tokenizer, on GPU) with the thread count set."""
+def _load_policy(cfg: RLConfig) -> tuple[Any, Any, bool, bool]:
+    """(model, tokenizer, on GPU, bf16 steps) with the thread count set. On a GPU a bf16 run loads
+    the policy in bf16; on a CPU the weights stay fp32 under bf16 autocast (fp32 master weights:
+    an RL learning rate's updates are below bf16's resolution)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -447,12 +450,13 @@ def _load_policy(cfg: RLConfig) -> tuple[Any, Any, bool]:
 
     torch.set_num_threads(cfg.threads or runtime.available_cores())
     cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    dtype = torch.bfloat16 if cuda else torch.float32
+    bf16 = training_uses_bf16(cfg.precision, cuda, stage="rl")
+    dtype = torch.bfloat16 if cuda and bf16 else torch.float32
     model = AutoModelForCausalLM.from_pretrained(str(resolve_model(cfg.model)), dtype=dtype)
     tokenizer = load_tokenizer(cfg.agent.backend.tokenizer_name)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer, cuda
+    return model, tokenizer, cuda, bf16
 
 
 def build_trainer(
@@ -486,7 +490,7 @@ def build_trainer(
         raise ValueError(
             f"{cfg.data}: {len(by_id)} questions, fewer than questions_per_step={cfg.questions_per_step}"
         )
-    model, tokenizer, cuda = _load_policy(cfg)
+    model, tokenizer, cuda, bf16 = _load_policy(cfg)
     sampling = cfg.agent.sampling
     if sampling.seed is not None:
         log.warning(
@@ -536,7 +540,7 @@ def build_trainer(
     trainer = trainer_class(
         model=model,
         reward_funcs=[make_reward_func(cfg, tool_tags, data.task.check_answer)],
-        args=grpo_args(cfg, run_dir, use_cpu=not cuda, bf16=cuda),
+        args=grpo_args(cfg, run_dir, use_cpu=not cuda, bf16=bf16),
         train_dataset=Dataset.from_list([{"prompt": q.id} for q in by_id.values()]),
         processing_class=tokenizer,
         rollout_func=rollout_func,

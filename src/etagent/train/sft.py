@@ -18,10 +18,11 @@ default: on 240 tool-world expert trajectories (280-950 tokens) with the embedde
 1.81x the real tokens/s of TRL's padded batches of 8, which were 31.5% padding
 (``benchmarks/bench_sft.py``, shared 2-core CPU).
 
-CPU notes (docs/cpu.md 4, 6.1): fp32 with ``bf16=False`` (bf16 autocast is ~7x slower on an
-AVX2 CPU), no gradient checkpointing by default (~25% slower, saves ~2 GiB at 4x512 tokens), and
-short padding-free rows: the attention mask of a flattened row is dense (length squared) and the CPU
-attention kernel does not skip the blocks it masks out, so one bin of ``max_length`` tokens per
+CPU notes (docs/cpu.md 4, 6.1, 10): fp32 (``precision: auto``; bf16 autocast was 16x slower on
+an AVX2 CPU, and is used on CPUs with native bf16), no gradient checkpointing by default (~25%
+slower, saves ~2 GiB at 4x512 tokens), and short padding-free rows: the attention mask of a
+flattened row is dense (length squared) and the CPU attention kernel does not skip the blocks it
+masks out, so one bin of ``max_length`` tokens per
 micro-batch (``batch_size: 1``) plus gradient accumulation beats flattening many sequences (tiny
 model: 8 sequences flattened 1.38x the padded tokens/s, one bin per micro-batch 1.85x).
 """
@@ -42,6 +43,7 @@ from etagent.config import ConfigModel
 from etagent.io import JsonlAppender, atomic_write_json, atomic_write_jsonl, iter_jsonl
 from etagent.protocol import tags
 from etagent.train.compat import checkpointing_arg
+from etagent.train.precision import TRAINING_PRECISION_HELP, TrainingPrecision, training_uses_bf16
 from etagent.train.progress import send_metric_dicts_to_log
 from etagent.train.save import SAVE_DTYPE_HELP, SaveDtype, cast_saved_weights, save_once
 from etagent.train.sft_data import load_sft_examples, tokenize_example
@@ -111,9 +113,8 @@ class SFTConfig(ConfigModel):
     logging_steps: int = Field(1, ge=1)
     seed: int = 0
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = all cores (use 1 when sharing cores)")
-    device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="auto = cuda if available (bf16 autocast), else cpu (fp32)"
-    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda if available, else cpu")
+    precision: TrainingPrecision = Field("auto", description=TRAINING_PRECISION_HELP)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,7 +170,6 @@ def _use_cpu(cfg: SFTConfig) -> bool:
 
 def training_arguments(cfg: SFTConfig, output_dir: Path) -> Any:
     """TRL's SFTConfig for this run."""
-    import torch
     from trl import SFTConfig as TRLSFTConfig
 
     use_cpu = _use_cpu(cfg)
@@ -197,9 +197,8 @@ def training_arguments(cfg: SFTConfig, output_dir: Path) -> Any:
         **checkpointing_arg(TRLSFTConfig, cfg.gradient_checkpointing),
         seed=cfg.seed,
         data_seed=cfg.seed,
-        # device and precision: bf16 autocast on an AVX2 CPU is ~7x slower (docs/cpu.md 6.1)
         use_cpu=use_cpu,
-        bf16=not use_cpu and torch.cuda.is_bf16_supported(),
+        bf16=training_uses_bf16(cfg.precision, cuda=not use_cpu, stage="sft"),
         dataloader_pin_memory=not use_cpu,
         # checkpoints and logs
         save_strategy="steps",
@@ -262,7 +261,7 @@ def build_trainer(
     tokenizer = AutoTokenizer.from_pretrained(str(model_path))
     tokenizer.padding_side = "right"
     dataset, stats = build_dataset(cfg, tokenizer)
-    # fp32 master weights everywhere; on a GPU the trainer adds bf16 autocast
+    # fp32 master weights everywhere; with bf16 precision the trainer adds autocast
     model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32)
     peft_config = None
     if cfg.lora is not None:
