@@ -10,7 +10,8 @@ import torch
 
 from etagent.backends.hf.device import cpu_bf16_flags
 from etagent.train.precision import training_uses_bf16
-from etagent.train.sft import SFTConfig, build_trainer
+from etagent.train.sft import build_trainer
+from tests.train.test_sft_run import _cfg
 
 AVX2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
 SAPPHIRE_RAPIDS = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
@@ -46,14 +47,7 @@ def _matmul_dtypes(model) -> list[torch.dtype]:
 def test_sft_steps_run_in_the_precision_chosen_over_fp32_weights(
     tiny_model_path, sft_file, tmp_path, precision
 ):
-    cfg = SFTConfig(
-        model=str(tiny_model_path),
-        data=str(sft_file),
-        max_steps=1,
-        grad_accum=1,
-        threads=1,
-        precision=precision,
-    )
+    cfg = _cfg(tiny_model_path, sft_file, max_steps=1, precision=precision)
     trainer, _ = build_trainer(cfg, tmp_path)
     seen = _matmul_dtypes(trainer.model)
     trainer.train()
