@@ -381,3 +381,45 @@ def test_stats_count_the_prefills_and_every_decode_step(gen):
     small.generate(prompts[:1], greedy(3))
     assert small.stats.prefills == 1
     assert small.stats.decode_rows == len(one.token_ids) - (one.finish_reason != "eos")
+
+
+def test_generation_inside_the_trainers_bf16_autocast(gen, monkeypatch):
+    """RL with ``precision: bfloat16`` on a CPU: the trainer wraps the policy's forward in bf16
+    autocast, so the rollout's prefills (shared prefix included) run in bf16 over fp32 weights and
+    caches. They must work and pick fp32's first tokens, up to ties within bf16's rounding."""
+    from etagent.backends.hf import attention
+
+    tok = gen.tokenizer
+    system = tok.encode(
+        "You are a careful agent. Use the tools when they help. " * 4, add_special_tokens=False
+    )
+    prompts = [
+        system + tok.encode(f" Question {i}: {i} plus {i}?", add_special_tokens=False) for i in range(6)
+    ]
+    params = greedy(6, logprobs=5)
+    fp32 = HFGenerator(gen.model, tok).generate(prompts, params)
+
+    shared_calls, projections = [], []
+    attend = attention._attend_with_shared
+    monkeypatch.setattr(
+        attention, "_attend_with_shared", lambda *a, **k: shared_calls.append(1) or attend(*a, **k)
+    )
+    q_proj = gen.model.model.layers[0].self_attn.q_proj
+    hook = q_proj.register_forward_hook(lambda _m, _inp, out: projections.append(out.dtype))
+    forward = gen.model.forward
+
+    def autocast_forward(*args, **kwargs):  # what accelerate does to the trainer's model
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return forward(*args, **kwargs)
+
+    monkeypatch.setattr(gen.model, "forward", autocast_forward)
+    bf16 = HFGenerator(gen.model, tok).generate(prompts, params)
+    hook.remove()
+    assert shared_calls  # the prompts' common prefix was held once and attended to separately
+    assert torch.bfloat16 in projections  # the prefills' matrix products ran in bf16
+    for mixed, ref in zip(bf16, fp32, strict=True):
+        assert_contract(tok, mixed[0])
+        first = mixed[0].token_ids[0]
+        best = max(ref[0].top_logprobs[0].values())
+        assert first in ref[0].top_logprobs[0] and ref[0].top_logprobs[0][first] > best - 0.05
+        assert mixed[0].logprobs[0] == pytest.approx(ref[0].top_logprobs[0][first], abs=0.05)

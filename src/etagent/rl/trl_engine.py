@@ -442,7 +442,9 @@ def _server_root(cfg: RLConfig) -> str:
 def _load_policy(cfg: RLConfig) -> tuple[Any, Any, bool, bool]:
     """(model, tokenizer, on GPU, bf16 steps) with the thread count set. On a GPU a bf16 run loads
     the policy in bf16; on a CPU the weights stay fp32 under bf16 autocast (fp32 master weights:
-    an RL learning rate's updates are below bf16's resolution)."""
+    an RL learning rate's updates are below bf16's resolution). The trainer wraps the policy's
+    forward in that autocast, so the policy engine's rollout prefills run in bf16 too, and its
+    lean decode steps (which use the weights directly) in fp32."""
     import torch
     from transformers import AutoModelForCausalLM
 
