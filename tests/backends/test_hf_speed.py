@@ -226,10 +226,14 @@ def test_lean_decode_from_the_config(tiny_model_path):
     assert build(lean_decode=False).lean_decode is False
 
 
+#: /proc/cpuinfo of a CPU without native bf16 and of one with it (also used by tests/train)
+AVX2_CPUINFO = "processor\t: 0\nflags\t\t: fpu sse avx avx2 fma\n"
+SAPPHIRE_RAPIDS_CPUINFO = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+
+
 def test_auto_dtype_follows_the_cpus_bf16_flags(caplog):
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    avx2 = "processor\t: 0\nflags\t\t: fpu sse avx avx2 fma\n"
-    sapphire = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+    avx2, sapphire = AVX2_CPUINFO, SAPPHIRE_RAPIDS_CPUINFO
     assert cpu_bf16_flags(avx2) == []
     assert cpu_bf16_flags(sapphire) == ["avx512_bf16", "amx_bf16"]
     with caplog.at_level(logging.INFO, logger="etagent.backends.hf.device"):

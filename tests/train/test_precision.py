@@ -11,10 +11,9 @@ import torch
 from etagent.backends.hf.device import cpu_bf16_flags
 from etagent.train.precision import training_uses_bf16
 from etagent.train.sft import build_trainer
+from tests.backends.test_hf_speed import AVX2_CPUINFO as AVX2
+from tests.backends.test_hf_speed import SAPPHIRE_RAPIDS_CPUINFO as SAPPHIRE_RAPIDS
 from tests.train.test_sft_run import _cfg
-
-AVX2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
-SAPPHIRE_RAPIDS = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
 
 
 def test_auto_follows_the_cpus_bf16_flags_and_explicit_choices_win(caplog):

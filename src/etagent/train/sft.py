@@ -22,9 +22,9 @@ CPU notes (docs/cpu.md 4, 6.1, 10): fp32 (``precision: auto``; bf16 autocast was
 an AVX2 CPU, and is used on CPUs with native bf16), no gradient checkpointing by default (~25%
 slower, saves ~2 GiB at 4x512 tokens), and short padding-free rows: the attention mask of a
 flattened row is dense (length squared) and the CPU attention kernel does not skip the blocks it
-masks out, so one bin of ``max_length`` tokens per
-micro-batch (``batch_size: 1``) plus gradient accumulation beats flattening many sequences (tiny
-model: 8 sequences flattened 1.38x the padded tokens/s, one bin per micro-batch 1.85x).
+masks out, so one bin of ``max_length`` tokens per micro-batch (``batch_size: 1``) plus gradient
+accumulation beats flattening many sequences (tiny model: 8 sequences flattened 1.38x the padded
+tokens/s, one bin per micro-batch 1.85x).
 """
 
 from __future__ import annotations
