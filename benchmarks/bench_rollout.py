@@ -102,6 +102,7 @@ def main() -> None:
         return {
             "s": dt,
             "tokens": sum(t.num_model_tokens for t in trajs),
+            "longest": max(t.num_model_tokens for t in trajs),
             "calls": sum(len(t.tool_calls) for t in trajs),
             "prompt": prompt_tokens,
             "cached": (store.hits - hits0) if store is not None else 0,
@@ -150,7 +151,8 @@ def breakdown(runs: dict[str, list[dict]]) -> None:
     the ratio: prefill is the same work in both (the same uncached prompt tokens), batching it
     gains little, so the batched run's prefill and its time outside the model bound the ratio even
     if its decode steps cost nothing; with each of its steps costing what one sequential one-row
-    step does (perfect batching), the bound is lower still."""
+    step does (perfect batching), the bound is lower still. The longest trajectory's tokens are
+    decode steps in sequence under any schedule, which gives the tightest bound (critical path)."""
     seq, bat = runs["sequential"][0], runs["batched"][0]
     for name, r in (("sequential", seq), ("batched", bat)):
         p = r["phases"]
@@ -168,6 +170,14 @@ def breakdown(runs: dict[str, list[dict]]) -> None:
         f"  ceiling of the ratio: {seq['s'] / fixed:.2f}x if the batched decode steps cost nothing, "
         f"{seq['s'] / (fixed + pb.decode_steps * one_row_step):.2f}x if each cost one sequential step "
         f"({1e3 * one_row_step:.0f} ms)"
+    )
+    # The longest trajectory's tokens depend on each other: whatever runs beside them, they take
+    # that many decode steps in sequence (a lower bound on the batched decode time).
+    chain = bat["longest"]
+    print(
+        f"  critical path: the longest trajectory's {chain} model tokens are {chain} decode steps one "
+        f"after another; with the same prefill and no step cheaper than one row's, the ratio is at "
+        f"most {seq['s'] / (fixed + chain * one_row_step):.2f}x however the rest is batched"
     )
 
 

@@ -37,8 +37,9 @@ model tokens, 2 threads, empty prefix store at the start of each run), median of
 runs in one process on a quiet machine (2026-12-05): batched 17.8 s, one trajectory at a time
 45.1 s (an older measurement, before the shared prefix and the prefill groups: batched 48.2 s).
 What is left of the batched run is its prefill (7.9 s: the tool results and questions, the same
-work one at a time, where it took 10.2 s) and the 126 decode steps its longest trajectory sets
-(9.2 s, 5.9 rows a step on average); ``GenerateStats`` (``HFGenerator.stats``) counts both.
+work one at a time, where it took 10.2 s) and its 126 decode steps (9.2 s, 5.9 rows a step on
+average): the longest trajectory's 105 tokens come one after another, and the agent loop's turns
+add the rest; ``GenerateStats`` (``HFGenerator.stats``) counts both.
 
 The decode step itself (:mod:`.lean`, for stock Llama models on the CPU) runs the layers' ops
 directly instead of through transformers' modules: profiled at batch 1 (64 tokens), the
