@@ -58,20 +58,11 @@ def expect_dtype(seen: set, precision: str) -> None:
 
 
 def bench_sft(args, data: Path, tmp: Path) -> None:
-    from bench_sft import real_tokens
-    from etagent.train.sft import SFTConfig, build_trainer
+    from bench_sft import real_tokens, step_trainer
 
     trainers, seen = {}, {}
     for precision in PRECISIONS:
-        cfg = SFTConfig(
-            model=args.model,
-            data=str(data),
-            max_length=args.max_length,
-            threads=args.threads,
-            precision=precision,
-        )
-        trainer, stats = build_trainer(cfg, tmp / f"sft-{precision}")
-        trainer.current_gradient_accumulation_steps = 1  # set by train(), read by training_step
+        trainer, stats = step_trainer(args, data, tmp / f"sft-{precision}", precision=precision)
         # what train() does first: the accelerator wraps the forward in autocast for bf16
         trainer.model = trainer.accelerator.prepare_model(trainer.model)
         trainers[precision] = trainer

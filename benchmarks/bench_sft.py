@@ -65,6 +65,20 @@ def real_tokens(batch: dict) -> int:
     return int(batch["position_ids"].shape[1])  # padding-free rows hold no padding
 
 
+def step_trainer(args: argparse.Namespace, data: Path, out: Path, **fields):
+    """The SFT stage's trainer over ``data`` (``args``: model, max_length, threads; ``fields``: other
+    SFTConfig fields), ready for ``training_step`` calls outside ``train()``; returns it and the
+    data statistics."""
+    from etagent.train.sft import SFTConfig, build_trainer
+
+    cfg = SFTConfig(
+        model=args.model, data=str(data), max_length=args.max_length, threads=args.threads, **fields
+    )
+    trainer, stats = build_trainer(cfg, out)
+    trainer.current_gradient_accumulation_steps = 1  # set by train(), read by training_step
+    return trainer, stats
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="embedded", help="embedded (SmolLM2-135M) or tiny (random, fast)")
@@ -82,21 +96,11 @@ def main() -> None:
 
     import torch
 
-    from etagent.train.sft import SFTConfig, build_trainer
-
     with tempfile.TemporaryDirectory(prefix="bench_sft.") as tmp:
         data = expert_sft_file(args.questions, Path(tmp))
         trainers, batches = {}, {}
         for mode in modes:
-            cfg = SFTConfig(
-                model=args.model,
-                data=str(data),
-                max_length=args.max_length,
-                threads=args.threads,
-                **MODES[mode],
-            )
-            trainers[mode], stats = build_trainer(cfg, Path(tmp) / mode)
-            trainers[mode].current_gradient_accumulation_steps = 1  # set by train(), read by training_step
+            trainers[mode], stats = step_trainer(args, data, Path(tmp) / mode, **MODES[mode])
             batches[mode] = iter(trainers[mode].get_train_dataloader())
         print(
             f"data: {stats['used']} expert trajectories, {stats['tokens']} tokens "
